@@ -1,0 +1,202 @@
+"""The one typed configuration object.
+
+Every weight vector here is normalised to sum to 1 when the object is built, so a
+merchandiser can type ``margin=2, sales=1`` and get ``margin=0.667, sales=0.333``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from platformdirs import user_cache_dir
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+
+def _normalise(weights: dict[str, float], name: str) -> dict[str, float]:
+    if any(w < 0 for w in weights.values()):
+        raise ValueError(f"{name} weights must be non-negative, got {weights}")
+    total = sum(weights.values())
+    if total <= 0:
+        raise ValueError(f"{name} weights must not all be zero")
+    return {k: v / total for k, v in weights.items()}
+
+
+def default_data_dir() -> Path:
+    """Where the index lives unless ``--data-dir`` or ``BUNDLE_DATA_DIR`` says otherwise."""
+    env = os.environ.get("BUNDLE_DATA_DIR")
+    return Path(env) if env else Path(user_cache_dir("bundle-assistant")) / "data"
+
+
+class ProfileConfig(BaseModel):
+    """The article's user profile ``U = Σ w_i·X_i`` over behaviour types.
+
+    ``event_weights`` say how much one event of each kind counts; they are normalised to
+    sum 1. ``half_life_days`` decays older behaviour: an event ``d`` days before the
+    user's latest event counts ``0.5 ** (d / half_life_days)``.
+    """
+
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {"view": 0.1, "cart": 0.2, "purchase": 0.5, "review": 0.2}
+    )
+    half_life_days: float = 90.0
+    top_n: int = 5
+
+    @field_validator("event_weights")
+    @classmethod
+    def _norm(cls, v: dict[str, float]) -> dict[str, float]:
+        return _normalise(v, "event")
+
+    @field_validator("half_life_days")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("half_life_days must be > 0")
+        return v
+
+
+class ProductFeatureConfig(BaseModel):
+    """The article's product feature ``P = Σ w_j·X_j`` (price, brand, category, rating).
+
+    Used by the affinity part of retrieval: how much a product's match with the profile
+    on each feature counts. Normalised to sum 1.
+    """
+
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"category": 0.5, "brand": 0.25, "price": 0.15, "rating": 0.10}
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _norm(cls, v: dict[str, float]) -> dict[str, float]:
+        return _normalise(v, "product feature")
+
+
+OBJECTIVE_COMPONENTS = ("preference", "complementarity", "margin", "sales")
+
+
+class ObjectiveConfig(BaseModel):
+    """The article's objective ``T = w_S·S + w_R·R + w_D·D``, extended.
+
+    ``weights`` cover preference (user satisfaction), complementarity, margin and sales,
+    normalised to sum 1. ``redundancy_penalty`` is subtracted per near-duplicate pair
+    share (same product type and size) and is not part of the normalised sum.
+    """
+
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "preference": 0.4,
+            "complementarity": 0.25,
+            "margin": 0.2,
+            "sales": 0.15,
+        }
+    )
+    redundancy_penalty: float = 0.2
+
+    @field_validator("weights")
+    @classmethod
+    def _norm(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = set(v) - set(OBJECTIVE_COMPONENTS)
+        if unknown:
+            raise ValueError(
+                f"unknown objective component(s) {sorted(unknown)}; "
+                f"expected some of {list(OBJECTIVE_COMPONENTS)}"
+            )
+        full = {k: float(v.get(k, 0.0)) for k in OBJECTIVE_COMPONENTS}
+        return _normalise(full, "objective")
+
+
+# Assumed gross margin rates per Complete Journey department. The data has no costs, so
+# these are typical US grocery figures (fresh and prepared food high, tobacco and drug
+# low). A merchandiser's CSV (product_id,margin_rate or department,margin_rate) overrides.
+DEFAULT_DEPARTMENT_MARGINS: dict[str, float] = {
+    "GROCERY": 0.28,
+    "DRUG GM": 0.32,
+    "PRODUCE": 0.38,
+    "MEAT": 0.30,
+    "MEAT-PCKGD": 0.29,
+    "DELI": 0.42,
+    "PASTRY": 0.45,
+    "NUTRITION": 0.33,
+    "SEAFOOD-PCKGD": 0.30,
+    "SEAFOOD": 0.31,
+    "FLORAL": 0.48,
+    "COSMETICS": 0.40,
+    "SPIRITS": 0.25,
+    "MISCELLANEOUS": 0.25,
+    "KIOSK-GAS": 0.08,
+    "FUEL": 0.08,
+    "SALAD BAR": 0.45,
+    "FROZEN GROCERY": 0.30,
+    "CHEF SHOPPE": 0.45,
+    "TRAVEL & LEISUR": 0.35,
+    "GARDEN CENTER": 0.40,
+    "RESTAURANT": 0.50,
+    "PHARMACY SUPPLY": 0.20,
+    "COUP/STR & MFG": 0.10,
+}
+
+
+class CatalogueConfig(BaseModel):
+    default_margin: float = 0.30
+    department_margins: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_DEPARTMENT_MARGINS)
+    )
+
+    @field_validator("default_margin")
+    @classmethod
+    def _margin(cls, v: float) -> float:
+        if not 0 <= v < 1:
+            raise ValueError("default_margin must be in [0, 1)")
+        return v
+
+
+class PricingConfig(BaseModel):
+    """Bundle discounts: the largest discount in ``[min_discount, max_discount]`` (stepping
+    by ``step``) that keeps the bundle's margin rate at or above ``margin_floor``."""
+
+    min_discount: float = 0.0
+    max_discount: float = 0.15
+    step: float = 0.01
+    margin_floor: float = 0.15
+
+    @model_validator(mode="after")
+    def _check(self) -> "PricingConfig":
+        if not 0 <= self.min_discount <= self.max_discount < 1:
+            raise ValueError("need 0 <= min_discount <= max_discount < 1")
+        if not 0 <= self.margin_floor < 1:
+            raise ValueError("margin_floor must be in [0, 1)")
+        return self
+
+
+class RetrievalConfig(BaseModel):
+    semantic_k: int = 40
+    complements_per_item: int = 8
+    affinity_k: int = 10
+    popular_k: int = 10
+    max_candidates: int = 40
+
+
+class LLMConfig(BaseModel):
+    model: str | None = None  # None: the packaged SmolLM2 GGUF
+    max_new_tokens: int = 160
+    timeout_s: float = 20.0
+    max_bundle_size: int = 4
+    min_bundle_size: int = 2
+    bundles_per_prompt: int = 3
+    prompt_candidates: int = 12
+
+
+class Settings(BaseModel):
+    """Everything tunable, in one place. Build with ``Settings()`` for the defaults."""
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    chroma_url: str | None = Field(default_factory=lambda: os.environ.get("CHROMA_URL") or None)
+    embedding_batch_size: int = 256
+    profile: ProfileConfig = Field(default_factory=ProfileConfig)
+    product_features: ProductFeatureConfig = Field(default_factory=ProductFeatureConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    catalogue: CatalogueConfig = Field(default_factory=CatalogueConfig)
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
