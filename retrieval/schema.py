@@ -44,12 +44,14 @@ EVENTS: tuple[str, ...] = ("view", "cart", "purchase", "review")
 
 
 def product_text(row: pd.Series | dict) -> str:
-    """The text that gets embedded for a product: title, then where it sits."""
-    parts = [str(row["title"])]
-    category = row.get("category")
-    if isinstance(category, str) and category and category.lower() not in parts[0].lower():
-        parts.append(category)
-    return " | ".join(parts)
+    """The text that gets embedded for a product: its title, plus the department when the
+    title does not already say it. Kept short: embedding 92k titles is the longest step
+    of a build, and MiniLM's cost grows with token count."""
+    title = str(row["title"])
+    department = str(row.get("department") or "")
+    if department and department.lower() not in title.lower():
+        return f"{title} | {department.title()}"
+    return title
 
 
 class Product(BaseModel):
@@ -154,6 +156,8 @@ class Constraints(BaseModel):
         return v
 
     def excludes(self, text: str) -> bool:
-        """True when ``text`` (a title or category path) hits an exclusion word."""
-        lowered = text.lower()
-        return any(word.lower() in lowered for word in self.exclude if word.strip())
+        """True when ``text`` (a title or category path) mentions an exclusion word as a
+        whole word ("ham" does not exclude "GRAHAM CRACKERS")."""
+        from assistant.constraints import mentions  # the word rules live with the parser
+
+        return mentions(text, self.exclude) is not None

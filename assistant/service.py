@@ -1,0 +1,374 @@
+"""``BundleAssistant``: the one entry point used by the app, the CLI and eval.
+
+A recommendation runs one LangChain chain — retrieve → prompt → LLM → validate →
+rerank — whatever calls it. The LLM proposes; the catalogue and the reranker decide.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from langchain_core.runnables import RunnableLambda
+from pydantic import BaseModel, Field
+
+from retrieval.candidates import Candidate, CandidateRetriever
+from retrieval.config import ObjectiveConfig, Settings
+from retrieval.embeddings import Embedder
+from retrieval.index import Index
+from retrieval.profiles import UserProfile, guest_profile
+from retrieval.schema import Constraints
+
+from .privacy import pseudonymise
+from .proposer import (
+    ProposalReport,
+    constraints_text,
+    numbered,
+    propose_with_llm,
+    propose_with_rules,
+)
+from .reranker import BundleCandidate, ComponentScore, RerankResult, ScoringContext, rerank
+
+Mode = Literal["rule", "llm", "llm+rule"]
+MODES: tuple[str, ...] = ("rule", "llm", "llm+rule")
+
+
+class ServiceError(ValueError):
+    """A bad request: the message is meant for the person who made it."""
+
+
+class UnknownUser(ServiceError):
+    pass
+
+
+class UnknownProduct(ServiceError):
+    pass
+
+
+class ShownItem(BaseModel):
+    product_id: str
+    title: str
+    price: float | None
+
+
+class ShownBundle(BaseModel):
+    rank: int
+    name: str
+    items: list[ShownItem]
+    list_price: float | None
+    bundle_price: float | None
+    discount: float
+    savings: float | None
+    price_known: bool
+    margin_rate: float
+    score: float
+    score_breakdown: dict[str, ComponentScore]
+    explanation: str
+    source: str
+    sources: list[str]
+    llm_reason: str
+
+    @property
+    def item_ids(self) -> list[str]:
+        return [i.product_id for i in self.items]
+
+
+class LLMInfo(BaseModel):
+    used: bool = False
+    model: str = ""
+    device: str = ""
+    proposed: int = 0
+    valid_before_repair: int = 0
+    valid: int = 0
+    fallback: bool = False
+    error: str = ""
+    latency_s: float = 0.0
+    new_tokens: int = 0
+
+
+class Recommendation(BaseModel):
+    bundles: list[ShownBundle]
+    constraints: Constraints
+    profile_summary: str
+    mode: str
+    llm: LLMInfo
+    candidates: list[dict] = Field(default_factory=list)  # product_id, reason, score
+    rejected: int = 0
+    notes: list[str] = Field(default_factory=list)
+    timings: dict[str, float] = Field(default_factory=dict)
+
+
+@dataclass
+class _Request:
+    """State that flows through the chain."""
+
+    query: str
+    profile: UserProfile
+    anchors: tuple[str, ...]
+    constraints: Constraints
+    k: int
+    mode: Mode
+    objective: ObjectiveConfig
+    template: str
+    boosted: set[str]
+    demoted: set[str]
+    query_vec: np.ndarray | None = None
+    candidates: list[Candidate] = field(default_factory=list)
+    proposals: list[BundleCandidate] = field(default_factory=list)
+    report: ProposalReport = field(default_factory=ProposalReport)
+    result: RerankResult | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+class BundleAssistant:
+    def __init__(self, settings: Settings | None = None, *, llm=None, embedder: Embedder | None = None):
+        self.settings = settings or Settings()
+        self._llm = llm
+        self._embedder = embedder
+        self._index: Index | None = None
+        self._retriever: CandidateRetriever | None = None
+        self._lock = threading.Lock()
+        self.chain = (
+            RunnableLambda(self._retrieve_step, name="retrieve")
+            | RunnableLambda(self._propose_step, name="propose")
+            | RunnableLambda(self._rerank_step, name="rerank")
+        )
+
+    # -- lazily opened parts (the app opens once and shares them) --------------------
+    @property
+    def index(self) -> Index:
+        with self._lock:
+            if self._index is None:
+                self._index = Index(self.settings)
+            return self._index
+
+    @property
+    def embedder(self) -> Embedder:
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = Embedder(batch_size=self.settings.embedding_batch_size,
+                                          cache_dir=self.settings.data_dir / "cache")
+            return self._embedder
+
+    @property
+    def retriever(self) -> CandidateRetriever:
+        if self._retriever is None:
+            self._retriever = CandidateRetriever(self.index, self.embedder, self.settings.retrieval)
+        return self._retriever
+
+    @property
+    def llm(self):
+        if self._llm is None:
+            from .llm import get_llm
+
+            self._llm = get_llm(self.settings.llm.model)
+        return self._llm
+
+    # -- users -----------------------------------------------------------------------
+    def user_key(self, user_id: str) -> str:
+        return pseudonymise(str(user_id), data_dir=self.settings.data_dir)
+
+    def profile(self, user_id: str) -> UserProfile:
+        profile = self.index.profile(self.user_key(user_id))
+        if profile is None:
+            raise UnknownUser(f"unknown user '{user_id}': no profile in the index (source {self.index.source})")
+        return profile
+
+    def guest(self, session_id: str = "cli", query: str = "") -> UserProfile:
+        vec = self.embedder.encode([query]) if query.strip() else None
+        return guest_profile(f"guest-{session_id}", vec)
+
+    # -- search ----------------------------------------------------------------------
+    def search(self, query: str, user_id: str | None = None, constraints: Constraints | None = None,
+               k: int = 10) -> list[dict]:
+        """Candidate products for a need, with the reason each was retrieved."""
+        if k <= 0:
+            raise ServiceError("k must be > 0")
+        profile = self.profile(user_id) if user_id else None
+        found = self.retriever.retrieve(query, profile, (), constraints or Constraints(), k)
+        catalogue = self.index.catalogue
+        return [
+            {
+                "product_id": c.product_id,
+                "title": str(catalogue.at[c.product_id, "title"]),
+                "price": _price(catalogue.at[c.product_id, "price"]),
+                "department": str(catalogue.at[c.product_id, "department"]),
+                "reason": c.reason,
+                "reasons": c.reasons,
+                "score": round(c.score, 4),
+            }
+            for c in found
+        ]
+
+    # -- recommend ---------------------------------------------------------------------
+    def recommend(
+        self,
+        user_id: str | None = None,
+        query: str = "",
+        anchors: tuple[str, ...] | list[str] = (),
+        constraints: Constraints | None = None,
+        k: int = 5,
+        use_llm: bool = True,
+        *,
+        mode: Mode | None = None,
+        weights: dict[str, float] | None = None,
+        template: str = "shopper_bundle",
+        profile: UserProfile | None = None,
+        boosted: set[str] | None = None,
+        demoted: set[str] | None = None,
+    ) -> Recommendation:
+        """Ranked bundles for a user (or a guest) and a need. ``mode`` picks the proposal
+        pools: ``rule``, ``llm`` or ``llm+rule`` (the default when ``use_llm``)."""
+        constraints = constraints or Constraints()
+        if k <= 0:
+            raise ServiceError("k must be > 0")
+        mode = mode or ("llm+rule" if use_llm else "rule")
+        if mode not in MODES:
+            raise ServiceError(f"mode must be one of {', '.join(MODES)}")
+        unknown = [a for a in anchors if str(a) not in self.index.row_of.index]
+        if unknown:
+            raise UnknownProduct(f"unknown anchor product(s): {', '.join(map(str, unknown))}")
+        if len(self.index.products) == 0:
+            raise ServiceError("the catalogue is empty; build an index with data first")
+        start = time.perf_counter()
+        if profile is None:
+            profile = self.profile(user_id) if user_id else self.guest(query=query)
+        objective = ObjectiveConfig(weights=weights) if weights else self.settings.objective
+        request = _Request(
+            query=query.strip(), profile=profile, anchors=tuple(str(a) for a in anchors),
+            constraints=constraints, k=k, mode=mode, objective=objective, template=template,
+            boosted=set(boosted or ()), demoted=set(demoted or ()),
+        )
+        request.timings["profile"] = round(time.perf_counter() - start, 4)
+        request = self.chain.invoke(request)
+        return self._recommendation(request, time.perf_counter() - start)
+
+    def _retrieve_step(self, req: _Request) -> _Request:
+        t = time.perf_counter()
+        if req.query:
+            req.query_vec = self.embedder.encode_one(req.query)
+        req.candidates = self.retriever.retrieve(
+            req.query, req.profile, req.anchors, req.constraints, self.settings.retrieval.max_candidates,
+            query_vec=req.query_vec,
+        )
+        req.timings["retrieve"] = round(time.perf_counter() - t, 4)
+        return req
+
+    def _allowed(self, req: _Request):
+        return lambda pid: self.retriever.allowed(pid, req.constraints)
+
+    def _propose_step(self, req: _Request) -> _Request:
+        t = time.perf_counter()
+        cfg = self.settings.llm
+        size = req.constraints.max_bundle_size or 3
+        max_size = max(size, cfg.max_bundle_size if req.constraints.max_bundle_size is None
+                       else req.constraints.max_bundle_size)
+        if req.mode in ("llm", "llm+rule"):
+            proposals = self._llm_proposals(req, max_size)
+            req.proposals += proposals.bundles
+            req.report = proposals.report
+            if proposals.report.fallback:
+                req.notes.append("The assistant's language model was unavailable for this answer "
+                                 f"({proposals.report.error or 'no valid bundle'}); showing rule-based bundles.")
+        req.timings["llm"] = round(time.perf_counter() - t, 4)
+        t = time.perf_counter()
+        if req.mode in ("rule", "llm+rule") or req.report.fallback:
+            req.proposals += propose_with_rules(
+                req.candidates, self.index.catalogue, self.index.copurchase.pair_npmi, self._allowed(req),
+                constraints=req.constraints, n_bundles=max(req.k * 2, 6), size=size,
+                min_size=cfg.min_bundle_size,
+            )
+        req.timings["rules"] = round(time.perf_counter() - t, 4)
+        return req
+
+    def _llm_proposals(self, req: _Request, max_size: int):
+        cfg = self.settings.llm
+        try:
+            llm = self.llm
+        except Exception as exc:  # a model that cannot load is a fallback, not a crash
+            from .proposer import Proposals
+
+            return Proposals([], ProposalReport(fallback=True, error=f"model failed to load: {exc}"))
+        shown = numbered(req.candidates, self.index.catalogue, cfg.prompt_candidates)
+        values = {
+            "profile": req.profile.summary,
+            "request": _fence_request(req.query),
+            "constraints": constraints_text(req.constraints),
+            "objective": ", ".join(f"{k} {v:.2f}" for k, v in req.objective.weights.items()),
+        }
+        return propose_with_llm(
+            llm, req.template, values, shown, self._allowed(req),
+            n_bundles=cfg.bundles_per_prompt, min_size=cfg.min_bundle_size, max_size=max_size,
+            max_new_tokens=cfg.max_new_tokens, timeout_s=cfg.timeout_s,
+        )
+
+    def _rerank_step(self, req: _Request) -> _Request:
+        t = time.perf_counter()
+        ids = {pid for b in req.proposals for pid in b.item_ids}
+        preference = req.profile.preference_vector()
+        if preference is None:
+            preference = req.query_vec
+        ctx = ScoringContext(
+            products=self.index.catalogue,
+            embeddings=self.index.embeddings_of(ids),
+            preference=preference,
+            pair_npmi=self.index.copurchase.pair_npmi,
+            objective=req.objective,
+            pricing=self.settings.pricing,
+            constraints=req.constraints,
+            demoted=req.demoted,
+            boosted=req.boosted,
+            min_bundle_size=self.settings.llm.min_bundle_size,
+            max_bundle_size=max(self.settings.llm.max_bundle_size, req.constraints.max_bundle_size or 0),
+        )
+        req.result = rerank(req.proposals, ctx, req.k)
+        req.timings["rerank"] = round(time.perf_counter() - t, 4)
+        return req
+
+    def _recommendation(self, req: _Request, total: float) -> Recommendation:
+        result = req.result
+        bundles = [_shown(rank, b) for rank, b in enumerate(result.ranked, start=1)]
+        if not bundles:
+            req.notes.append("No bundle satisfies every constraint; try a larger budget or fewer exclusions.")
+        report = req.report
+        return Recommendation(
+            bundles=bundles,
+            constraints=req.constraints,
+            profile_summary=req.profile.summary,
+            mode=req.mode,
+            llm=LLMInfo(used=req.mode != "rule", model=report.model, device=report.device,
+                        proposed=report.proposed, valid_before_repair=report.valid_before_repair,
+                        valid=report.valid, fallback=report.fallback, error=report.error,
+                        latency_s=report.latency_s, new_tokens=report.new_tokens),
+            candidates=[{"product_id": c.product_id, "reason": c.reason, "score": round(c.score, 4)}
+                        for c in req.candidates],
+            rejected=len(result.rejected),
+            notes=req.notes,
+            timings={**req.timings, "total": round(total, 4)},
+        )
+
+
+def _fence_request(text: str) -> str:
+    from prompts import fence
+
+    return fence(text, 300) or "(no request: suggest bundles this shopper would like)"
+
+
+def _price(value) -> float | None:
+    value = float(value)
+    return None if value != value else round(value, 2)
+
+
+def _shown(rank: int, b) -> ShownBundle:
+    p = b.price
+    return ShownBundle(
+        rank=rank, name=b.name or "Bundle", items=[ShownItem(**i.model_dump()) for i in b.items],
+        list_price=p.list_price, bundle_price=p.bundle_price, discount=p.discount, savings=p.savings,
+        price_known=p.price_known, margin_rate=round(p.margin_rate_after, 4), score=round(b.score, 6),
+        score_breakdown=b.score_breakdown, explanation=b.explanation, source=b.source,
+        sources=list(b.sources), llm_reason=b.llm_reason,
+    )

@@ -1,0 +1,236 @@
+"""Candidate retrieval: which catalogue products a bundle may be built from, and why.
+
+Reasons, in priority order:
+
+* ``anchor``     — a product the caller named;
+* ``semantic``   — the nearest products to the free-text need in the Chroma store;
+* ``complement`` — co-purchased with an anchor or a top query hit (SKU-level NPMI, then
+  the most popular item of each complementary product type);
+* ``affinity``   — nearest products to the user's preference embedding, within the user's
+  top departments;
+* ``popular``    — the most popular products, a fallback that never leaves the list empty.
+
+Same inputs, same output: every ranking breaks ties by product id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
+from pydantic import ConfigDict
+
+from .config import RetrievalConfig
+from .embeddings import Embedder
+from .index import Index
+from .profiles import UserProfile
+from .schema import Constraints
+from .store import where_clause
+
+REASONS = ("anchor", "semantic", "complement", "affinity", "popular")
+
+
+@dataclass
+class Candidate:
+    product_id: str
+    score: float  # the best evidence for it, in [0, 1]
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def reason(self) -> str:
+        return min(self.reasons, key=REASONS.index)
+
+
+class CandidateRetriever:
+    """Retrieval over one :class:`Index`; holds no per-request state."""
+
+    def __init__(self, index: Index, embedder: Embedder, cfg: RetrievalConfig | None = None):
+        self.index = index
+        self.embedder = embedder
+        self.cfg = cfg or RetrievalConfig()
+
+    # -- filters -------------------------------------------------------------------
+    def allowed(self, product_id: str, constraints: Constraints) -> bool:
+        row = self.index.catalogue.loc[product_id] if product_id in self.index.row_of.index else None
+        if row is None:
+            return False
+        if constraints.in_stock_only and not bool(row["in_stock"]):
+            return False
+        if product_id in constraints.excluded_products:
+            return False
+        if constraints.departments and row["department"] not in constraints.departments:
+            return False
+        price = row["price"]
+        if constraints.max_unit_price is not None and not (price == price and price <= constraints.max_unit_price):
+            return False
+        if constraints.min_unit_price is not None and not (price == price and price >= constraints.min_unit_price):
+            return False
+        if constraints.budget is not None and not (price == price and price < constraints.budget):
+            return False  # one item that eats the whole budget cannot be in any bundle
+        text = f"{row['title']} {row['category']} {row['brand']}"
+        return not constraints.excludes(text)
+
+    def _where(self, constraints: Constraints) -> dict[str, Any] | None:
+        max_price = constraints.max_unit_price
+        if constraints.budget is not None:
+            max_price = min(max_price or constraints.budget, constraints.budget)
+        return where_clause(
+            min_price=constraints.min_unit_price,
+            max_price=max_price,
+            departments=constraints.departments,
+            in_stock=True if constraints.in_stock_only else None,
+        )
+
+    # -- the four sources ------------------------------------------------------------
+    def semantic(self, query_vec: np.ndarray, constraints: Constraints, k: int) -> list[tuple[str, float]]:
+        hits = self.index.store.query(self.index.products_collection, query_vec, k * 2, self._where(constraints))
+        return [(pid, sim) for pid, sim, _ in hits if self.allowed(pid, constraints)][:k]
+
+    def complements(self, seeds: list[str], constraints: Constraints, k: int) -> list[tuple[str, float]]:
+        cop = self.index.copurchase
+        found: dict[str, float] = {}
+        for seed in seeds:
+            for pid, npmi in cop.complements(seed, k=k * 3):
+                if self.allowed(pid, constraints):
+                    found[pid] = max(found.get(pid, -1.0), (npmi + 1) / 2)
+            seed_type = cop.product_type.get(seed, "")
+            for ptype, npmi in cop.complement_types(seed_type, k=4) if seed_type else []:
+                best = self._most_popular_of_type(ptype, constraints)
+                if best:
+                    found[best] = max(found.get(best, -1.0), (npmi + 1) / 2)
+        ranked = sorted(found.items(), key=lambda kv: (-kv[1], kv[0]))
+        return ranked[:k]
+
+    def _most_popular_of_type(self, product_type: str, constraints: Constraints) -> str | None:
+        products = self.index.products
+        rows = products[products["product_type"] == product_type]
+        rows = rows.sort_values(["popularity", "product_id"], ascending=[False, True], kind="mergesort")
+        for pid in rows["product_id"].head(20):
+            if self.allowed(pid, constraints):
+                return pid
+        return None
+
+    def affinity(self, profile: UserProfile, constraints: Constraints, k: int) -> list[tuple[str, float]]:
+        vec = profile.preference_vector()
+        if vec is None or not np.any(vec):
+            return []
+        depts = [d for d, _ in profile.top_departments[:3]]
+        if constraints.departments:
+            depts = [d for d in depts if d in constraints.departments] or list(constraints.departments)
+        narrowed = constraints.model_copy(update={"departments": depts})
+        hits = self.index.store.query(self.index.products_collection, vec, k * 2, self._where(narrowed))
+        return [(pid, (sim + 1) / 2) for pid, sim, _ in hits if self.allowed(pid, constraints)][:k]
+
+    def popular(self, constraints: Constraints, k: int) -> list[tuple[str, float]]:
+        products = self.index.products.sort_values(
+            ["popularity", "product_id"], ascending=[False, True], kind="mergesort"
+        )
+        out = []
+        for pid, pop in zip(products["product_id"], products["popularity"]):
+            if self.allowed(pid, constraints):
+                out.append((pid, float(pop)))
+                if len(out) >= k:
+                    break
+        return out
+
+    # -- the one entry point ---------------------------------------------------------
+    def retrieve(
+        self,
+        query: str = "",
+        profile: UserProfile | None = None,
+        anchors: tuple[str, ...] | list[str] = (),
+        constraints: Constraints | None = None,
+        k: int | None = None,
+        query_vec: np.ndarray | None = None,
+    ) -> list[Candidate]:
+        constraints = constraints or Constraints()
+        k = k or self.cfg.max_candidates
+        found: dict[str, Candidate] = {}
+
+        def add(pairs: list[tuple[str, float]], reason: str) -> None:
+            for pid, score in pairs:
+                cand = found.setdefault(pid, Candidate(pid, 0.0))
+                if reason not in cand.reasons:
+                    cand.reasons.append(reason)
+                cand.score = max(cand.score, float(score))
+
+        anchors = [str(a) for a in anchors if str(a) in self.index.row_of.index]
+        add([(a, 1.0) for a in anchors], "anchor")
+        hits: list[tuple[str, float]] = []
+        if query.strip():
+            if query_vec is None:
+                query_vec = self.embedder.encode_one(query)
+            hits = self.semantic(query_vec, constraints, self.cfg.semantic_k)
+            add(hits, "semantic")
+        seeds = anchors + [pid for pid, _ in hits[:3]]
+        if seeds:
+            add(self.complements(seeds, constraints, self.cfg.complements_per_item), "complement")
+        if profile is not None and not profile.is_guest:
+            add(self.affinity(profile, constraints, self.cfg.affinity_k), "affinity")
+        if len(found) < k:
+            add(self.popular(constraints, self.cfg.popular_k), "popular")
+        ranked = sorted(found.values(), key=lambda c: (REASONS.index(c.reason), -round(c.score, 6), c.product_id))
+        return _interleave(ranked, k)
+
+
+def _interleave(ranked: list[Candidate], k: int) -> list[Candidate]:
+    """Round-robin over reasons so that complements and affinity items are not all pushed
+    out by a long list of near-identical query hits."""
+    by_reason: dict[str, list[Candidate]] = {}
+    for cand in ranked:
+        by_reason.setdefault(cand.reason, []).append(cand)
+    anchors = by_reason.pop("anchor", [])
+    out = list(anchors)
+    queues = [by_reason[r] for r in REASONS if r in by_reason]
+    while len(out) < k and any(queues):
+        for queue in queues:
+            if queue and len(out) < k:
+                out.append(queue.pop(0))
+    return out
+
+
+class CatalogueRetriever(BaseRetriever):
+    """The same retrieval as a LangChain retriever: the input string is the need, the
+    profile, anchors and constraints are fixed per instance (one per request)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    candidates: CandidateRetriever
+    profile: UserProfile | None = None
+    anchors: tuple[str, ...] = ()
+    constraints: Constraints = Constraints()
+    k: int = 40
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+    ) -> list[Document]:
+        found = self.candidates.retrieve(query, self.profile, self.anchors, self.constraints, self.k)
+        catalogue = self.candidates.index.catalogue
+        docs = []
+        for cand in found:
+            row = catalogue.loc[cand.product_id]
+            price = row["price"]
+            docs.append(Document(
+                page_content=str(row["title"]),
+                metadata={
+                    "product_id": cand.product_id,
+                    "reason": cand.reason,
+                    "reasons": list(cand.reasons),
+                    "score": cand.score,
+                    "price": None if price != price else float(price),
+                    "category": str(row["category"]),
+                },
+            ))
+        return docs
+
+
+def candidates_frame(index: Index, candidates: list[Candidate]) -> pd.DataFrame:
+    rows = index.catalogue.loc[[c.product_id for c in candidates]].copy()
+    rows["reason"] = [c.reason for c in candidates]
+    rows["retrieval_score"] = [round(c.score, 4) for c in candidates]
+    return rows.reset_index(drop=True)

@@ -1,0 +1,242 @@
+"""Building and opening the index: catalogue, embeddings, Chroma collections, profiles and
+co-purchase statistics, kept together in one data dir.
+
+Layout::
+
+    DATA_DIR/current.json              which build serves (swapped atomically)
+    DATA_DIR/builds/<build>/           catalogue.parquet, item_embeddings.npy,
+                                       copurchase_*.npz, quarantine.csv, build.json
+    DATA_DIR/cache/embedding_cache.npz text-hash -> vector (makes rebuilds incremental)
+    DATA_DIR/chroma/                   the embedded Chroma store (unless CHROMA_URL)
+
+A build writes a new build folder and new Chroma collections, then replaces
+``current.json`` with one ``os.replace``: a build killed half-way leaves the old index
+serving. Re-running an unchanged build is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .config import Settings
+from .copurchase import CoPurchase, baskets_of
+from .embeddings import Embedder
+from .profiles import UserProfile, build_profiles
+from .schema import Dataset, product_text
+from .store import ChromaStore, StoreUnavailable
+
+BUILD_FORMAT = 1
+PRODUCT_META_FIELDS = ("title", "category", "department", "product_type", "brand", "price", "in_stock", "popularity")
+
+
+class IndexMissing(RuntimeError):
+    pass
+
+
+@dataclass
+class BuildReport:
+    build_id: str
+    skipped: bool
+    summary: dict
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"build_id": self.build_id, "skipped": self.skipped, **self.summary, "seconds": self.seconds}
+
+
+def dataset_fingerprint(ds: Dataset, settings: Settings) -> str:
+    """Changes whenever the data or anything that shapes the index does."""
+    h = hashlib.sha256()
+    h.update(str(BUILD_FORMAT).encode())
+    h.update(pd.util.hash_pandas_object(ds.products, index=False).values.tobytes())
+    h.update(pd.util.hash_pandas_object(ds.interactions.drop(columns=["timestamp"]), index=False).values.tobytes())
+    h.update(ds.interactions["timestamp"].astype("int64").to_numpy().tobytes())
+    h.update(settings.profile.model_dump_json().encode())
+    return h.hexdigest()[:16]
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_current(data_dir: Path) -> dict | None:
+    path = Path(data_dir) / "current.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def build_index(
+    ds: Dataset,
+    settings: Settings,
+    *,
+    embedder: Embedder | None = None,
+    pseudonymise: Callable[[str], str] = str,
+    progress: bool = True,
+    force: bool = False,
+    on_stage: Callable[[str], None] | None = None,
+) -> BuildReport:
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = dataset_fingerprint(ds, settings)
+    current = read_current(data_dir)
+    store = ChromaStore(data_dir, settings.chroma_url)
+    if (not force and current and current.get("fingerprint") == fingerprint
+            and current.get("products_collection") in store.collections()):
+        return BuildReport(current["build_id"], True, ds.summary())
+
+    build_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + fingerprint[:8]
+    folder = data_dir / "builds" / build_id
+    folder.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    stage = on_stage or (lambda s: None)
+
+    def timed(name: str):
+        class _T:
+            def __enter__(self_):
+                stage(name)
+                self_.t = time.perf_counter()
+            def __exit__(self_, *exc):
+                seconds[name] = round(time.perf_counter() - self_.t, 2)
+        return _T()
+
+    products = ds.products.reset_index(drop=True)
+    with timed("embed"):
+        embedder = embedder or Embedder(batch_size=settings.embedding_batch_size, cache_dir=data_dir / "cache")
+        texts = [product_text(r) for r in products[["title", "department"]].to_dict("records")]
+        vectors = embedder.encode(texts, progress=progress)
+        if embedder.cache:
+            embedder.cache.save()
+    with timed("products_store"):
+        products_collection = f"products__{build_id.replace('T', '').replace('-', '_')}"
+        store.create(products_collection)
+        metas = products[list(PRODUCT_META_FIELDS)].assign(price=products["price"].fillna(-1.0))
+        store.upsert(products_collection, products["product_id"].tolist(), vectors,
+                     metas.to_dict("records"), documents=texts, progress=progress, desc="products")
+    with timed("copurchase"):
+        copurchase = CoPurchase.build(_baskets(ds), products)
+        copurchase.save(folder)
+    with timed("profiles"):
+        profiles = build_profiles(ds.interactions, products, vectors, settings.profile, ds.users, pseudonymise)
+        profiles_collection = products_collection.replace("products__", "profiles__")
+        store.create(profiles_collection)
+        _store_profiles(store, profiles_collection, profiles, progress)
+    with timed("save"):
+        products.to_parquet(folder / "catalogue.parquet", index=False)
+        np.save(folder / "item_embeddings.npy", vectors)
+        pd.DataFrame([r.as_dict() for r in ds.quarantine],
+                     columns=["file", "row", "field", "reason", "value"]).to_csv(folder / "quarantine.csv", index=False)
+        for name, extra in ds.extras.items():
+            extra.to_parquet(folder / f"extra_{name}.parquet", index=False)
+        summary = {**ds.summary(), "profiles": len(profiles)}
+        (folder / "build.json").write_text(json.dumps({"fingerprint": fingerprint, **summary}, indent=2))
+    pointer = {
+        "build_id": build_id,
+        "fingerprint": fingerprint,
+        "source": ds.name,
+        "folder": str(folder.relative_to(data_dir)),
+        "products_collection": products_collection,
+        "profiles_collection": profiles_collection,
+        "created": datetime.now(timezone.utc).isoformat(),
+    }
+    _write_json_atomic(data_dir / "current.json", pointer)
+    _drop_old_builds(data_dir, store, keep=build_id)
+    return BuildReport(build_id, False, summary, seconds)
+
+
+def _baskets(ds: Dataset) -> pd.DataFrame:
+    baskets = baskets_of(ds.interactions)
+    extra = ds.extras.get("bundle_item")
+    if extra is not None and {"bundle ID", "item ID"} <= set(extra.columns):
+        # hand-made bundles are the strongest evidence of what goes together
+        bundles = pd.DataFrame({"basket_id": "b" + extra["bundle ID"].astype(str),
+                                "product_id": extra["item ID"].astype(str)})
+        baskets = pd.concat([baskets, bundles], ignore_index=True)
+    return baskets
+
+
+def _store_profiles(store: ChromaStore, name: str, profiles: dict[str, UserProfile], progress: bool) -> None:
+    items = [p for p in profiles.values() if p.preference is not None and any(p.preference)]
+    if not items:
+        return
+    store.upsert(
+        name, [p.user_key for p in items],
+        np.array([p.preference for p in items], dtype=np.float32),
+        [p.to_metadata() for p in items], progress=progress, desc="profiles",
+    )
+
+
+def _drop_old_builds(data_dir: Path, store: ChromaStore, keep: str) -> None:
+    """Remove superseded builds (folders and their collections) once the switch is done."""
+    keep_suffix = keep.replace("T", "").replace("-", "_")
+    for name in store.collections():
+        if name.startswith(("products__", "profiles__")) and not name.endswith(keep_suffix):
+            store.drop(name)
+    for old in (data_dir / "builds").iterdir():
+        if old.name != keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+class Index:
+    """A built index, opened read-only for serving."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.data_dir = Path(settings.data_dir)
+        pointer = read_current(self.data_dir)
+        if pointer is None:
+            raise IndexMissing(
+                f"no index in {self.data_dir}; build one with `bundle-assistant index` "
+                f"(add --data-dir {self.data_dir} if you chose another folder)"
+            )
+        self.pointer = pointer
+        self.folder = self.data_dir / pointer["folder"]
+        self.source = pointer["source"]
+        self.store = ChromaStore(self.data_dir, settings.chroma_url)
+        self.products_collection = pointer["products_collection"]
+        self.profiles_collection = pointer["profiles_collection"]
+        if self.products_collection not in self.store.collections():
+            raise StoreUnavailable(
+                f"the Chroma store has no collection {self.products_collection}; "
+                "rebuild with `bundle-assistant index --force`"
+            )
+        self.products = pd.read_parquet(self.folder / "catalogue.parquet")
+        self.products["product_id"] = self.products["product_id"].astype(str)
+        self.catalogue = self.products.set_index("product_id", drop=False)
+        self.item_embeddings = np.load(self.folder / "item_embeddings.npy")
+        self.row_of = pd.Series(np.arange(len(self.products)), index=self.products["product_id"])
+        self.copurchase = CoPurchase.load(self.folder, self.products)
+
+    def embedding(self, product_id: str) -> np.ndarray | None:
+        row = self.row_of.get(str(product_id))
+        return None if row is None else self.item_embeddings[row]
+
+    def embeddings_of(self, ids) -> dict[str, np.ndarray]:
+        return {str(i): self.item_embeddings[self.row_of[str(i)]] for i in ids if str(i) in self.row_of.index}
+
+    def profile(self, user_key: str) -> UserProfile | None:
+        got = self.store.fetch(self.profiles_collection, [user_key], with_embeddings=True)
+        if user_key not in got:
+            return None
+        return UserProfile.from_metadata(got[user_key]["metadata"], got[user_key]["embedding"])
+
+    def extra(self, name: str) -> pd.DataFrame | None:
+        path = self.folder / f"extra_{name}.parquet"
+        return pd.read_parquet(path) if path.exists() else None
+
+    def quarantine(self) -> pd.DataFrame:
+        return pd.read_csv(self.folder / "quarantine.csv")

@@ -1,0 +1,187 @@
+"""The Chroma vector store: embedded ``PersistentClient`` by default, a Chroma server when
+``CHROMA_URL`` / ``--chroma-url`` is set.
+
+Collections are cosine HNSW, keyed by ``product_id`` (products) or the pseudonymised user
+id (profiles). Each build writes new collections (``products__<build>``) and the index
+switches to them atomically, so a killed rebuild never breaks the serving index.
+Embeddings are always passed in: Chroma's default embedding function (which would
+download a model) never runs.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+from urllib.parse import urlparse
+
+import numpy as np
+from tqdm.auto import tqdm
+
+
+class StoreUnavailable(RuntimeError):
+    """Chroma cannot be reached or opened; the message says what to run."""
+
+
+def _client(data_dir: Path, url: str | None):
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+    if url:
+        parsed = urlparse(url if "://" in url else f"http://{url}")
+        try:
+            client = chromadb.HttpClient(
+                host=parsed.hostname or "127.0.0.1", port=parsed.port or 8000,
+                ssl=parsed.scheme == "https", settings=chroma_settings,
+            )
+            client.heartbeat()
+        except Exception as exc:  # the client raises several unrelated types
+            raise StoreUnavailable(
+                f"cannot reach the Chroma server at {url} ({exc.__class__.__name__}: {exc}). "
+                f"Start one with `chroma run --path DIR --host {parsed.hostname} --port {parsed.port or 8000}` "
+                "or unset CHROMA_URL to use the embedded store."
+            ) from exc
+        return client
+    path = Path(data_dir) / "chroma"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(path), settings=chroma_settings)
+    except Exception as exc:
+        raise StoreUnavailable(
+            f"cannot open the Chroma store at {path} ({exc}). "
+            "Check the folder is writable, or rebuild it with `bundle-assistant index`."
+        ) from exc
+
+
+def _clean_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """Chroma metadata takes str/int/float/bool and no None or NaN."""
+    out: dict[str, Any] = {}
+    for key, value in meta.items():
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        if isinstance(value, (np.bool_,)):
+            value = bool(value)
+        elif isinstance(value, np.integer):
+            value = int(value)
+        elif isinstance(value, np.floating):
+            value = float(value)
+        out[key] = value
+    return out
+
+
+class ChromaStore:
+    def __init__(self, data_dir: Path, url: str | None = None):
+        self.data_dir = Path(data_dir)
+        self.url = url
+        self.client = _client(self.data_dir, url)
+
+    def create(self, name: str):
+        """A fresh, empty cosine collection (any leftover of the same name is dropped)."""
+        self.drop(name)
+        return self.client.create_collection(
+            name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
+        )
+
+    def get(self, name: str):
+        try:
+            return self.client.get_collection(name, embedding_function=None)
+        except Exception as exc:
+            raise StoreUnavailable(
+                f"collection '{name}' is not in the Chroma store ({exc}); run `bundle-assistant index`"
+            ) from exc
+
+    def drop(self, name: str) -> None:
+        try:
+            self.client.delete_collection(name)
+        except Exception:
+            pass  # absent already
+
+    def collections(self) -> list[str]:
+        return [c if isinstance(c, str) else c.name for c in self.client.list_collections()]
+
+    def upsert(
+        self,
+        name: str,
+        ids: Sequence[str],
+        embeddings: np.ndarray,
+        metadatas: Sequence[dict[str, Any]],
+        documents: Sequence[str] | None = None,
+        progress: bool = False,
+        desc: str = "chroma",
+    ) -> None:
+        collection = self.get(name)
+        batch = max(1, min(self.client.get_max_batch_size(), 5000))
+        starts = range(0, len(ids), batch)
+        for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
+            end = start + batch
+            collection.upsert(
+                ids=list(ids[start:end]),
+                embeddings=np.asarray(embeddings[start:end], dtype=np.float32),
+                metadatas=[_clean_metadata(m) for m in metadatas[start:end]],
+                documents=list(documents[start:end]) if documents is not None else None,
+            )
+
+    def query(
+        self, name: str, embedding: np.ndarray, k: int, where: dict[str, Any] | None = None
+    ) -> list[tuple[str, float, dict[str, Any]]]:
+        """(id, cosine similarity, metadata) for the ``k`` nearest, best first; ties by id."""
+        collection = self.get(name)
+        result = collection.query(
+            query_embeddings=[np.asarray(embedding, dtype=np.float32)],
+            n_results=max(1, k),
+            where=where or None,
+            include=["metadatas", "distances"],
+        )
+        ids = result["ids"][0]
+        sims = [1.0 - float(d) for d in result["distances"][0]]
+        metas = result["metadatas"][0] if result.get("metadatas") else [{}] * len(ids)
+        rows = list(zip(ids, sims, metas))
+        rows.sort(key=lambda r: (-round(r[1], 6), r[0]))
+        return rows
+
+    def fetch(self, name: str, ids: Iterable[str], with_embeddings: bool = False) -> dict[str, dict]:
+        ids = list(ids)
+        if not ids:
+            return {}
+        include = ["metadatas", "embeddings"] if with_embeddings else ["metadatas"]
+        got = self.get(name).get(ids=ids, include=include)
+        out = {}
+        for i, pid in enumerate(got["ids"]):
+            record = {"metadata": got["metadatas"][i]}
+            if with_embeddings:
+                record["embedding"] = np.asarray(got["embeddings"][i], dtype=np.float32)
+            out[pid] = record
+        return out
+
+    def count(self, name: str) -> int:
+        return self.get(name).count()
+
+
+def where_clause(
+    *,
+    min_price: float | None = None,
+    max_price: float | None = None,
+    departments: Sequence[str] = (),
+    brand: str | None = None,
+    in_stock: bool | None = None,
+    category_contains: str | None = None,
+) -> dict[str, Any] | None:
+    """A Chroma ``where`` filter over product metadata. Unknown prices are stored as -1,
+    so any price bound excludes them."""
+    terms: list[dict[str, Any]] = []
+    if min_price is not None or max_price is not None:
+        terms.append({"price": {"$gte": float(min_price) if min_price is not None else 0.0}})
+    if max_price is not None:
+        terms.append({"price": {"$lte": float(max_price)}})
+    if departments:
+        terms.append({"department": {"$in": list(departments)}})
+    if brand:
+        terms.append({"brand": brand})
+    if in_stock is not None:
+        terms.append({"in_stock": bool(in_stock)})
+    if category_contains:
+        terms.append({"category": category_contains})
+    if not terms:
+        return None
+    return terms[0] if len(terms) == 1 else {"$and": terms}

@@ -1,0 +1,261 @@
+"""Row-level validation shared by every source.
+
+A file that cannot be read at all (a required column missing) raises :class:`SchemaError`.
+A bad row is dropped into the quarantine as a :class:`Rejection` naming file, row, field
+and reason; valid rows are kept, so ``loaded + rejected == rows read`` always holds.
+Everything here is vectorised: Complete Journey has 1.5M transaction lines.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .schema import (
+    EVENTS,
+    REQUIRED_INTERACTION_COLUMNS,
+    REQUIRED_PRODUCT_COLUMNS,
+    Rejection,
+    SchemaError,
+)
+
+MAX_PRICE = 100_000.0  # above this a "price" is a data error (a unit or cents mix-up)
+MAX_TEXT = 2_000  # longer titles are truncated, not rejected: the product is still real
+
+
+def require_columns(df: pd.DataFrame, required: tuple[str, ...], file: str) -> None:
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        found = ", ".join(map(str, df.columns)) or "(none)"
+        raise SchemaError(
+            file,
+            f"missing required column '{missing[0]}'"
+            + (f" (also {missing[1:]})" if len(missing) > 1 else "")
+            + f"; found columns: {found}",
+            column=missing[0],
+        )
+
+
+class _Quarantine:
+    """Collects rejections and the mask of rows still alive."""
+
+    def __init__(self, df: pd.DataFrame, file: str, row_numbers: pd.Series | None = None):
+        self.file = file
+        self.alive = pd.Series(True, index=df.index)
+        # 1-based data row numbers as the user sees them (header excluded)
+        self.rows = row_numbers if row_numbers is not None else pd.Series(
+            np.arange(1, len(df) + 1), index=df.index
+        )
+        self.rejections: list[Rejection] = []
+
+    def reject(self, mask: pd.Series, field: str, reason: str, values: pd.Series | None = None) -> None:
+        mask = mask & self.alive
+        if not mask.any():
+            return
+        vals = values[mask] if values is not None else pd.Series("", index=mask[mask].index)
+        for idx, value in vals.items():
+            text = "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+            self.rejections.append(
+                Rejection(self.file, int(self.rows[idx]), field, reason, text[:200])
+            )
+        self.alive &= ~mask
+
+
+def _has_bad_utf8(series: pd.Series) -> pd.Series:
+    """Cells that held bytes which are not UTF-8 (read with ``surrogateescape``)."""
+    def bad(value: object) -> bool:
+        if not isinstance(value, str):
+            return False
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+
+    return series.astype(object).map(bad).astype(bool)
+
+
+def _text_columns(df: pd.DataFrame) -> list:
+    return [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])
+            and not pd.api.types.is_datetime64_any_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
+
+
+def _blank(series: pd.Series) -> pd.Series:
+    return series.isna() | (series.astype("string").str.strip() == "")
+
+
+def _clean_text(series: pd.Series) -> pd.Series:
+    out = series.astype("string").fillna("").str.replace(r"[\x00-\x1f\x7f]", " ", regex=True)
+    return out.str.strip().str.slice(0, MAX_TEXT)
+
+
+def validate_products(
+    df: pd.DataFrame, file: str, *, price_required: bool, default_margin: float = 0.3
+) -> tuple[pd.DataFrame, list[Rejection]]:
+    """Check a raw catalogue table and return (clean products, rejections).
+
+    ``price_required`` is False for sources that have no prices at all (BundleRec) or
+    that mark unsold products unavailable themselves (Complete Journey).
+    """
+    require_columns(df, REQUIRED_PRODUCT_COLUMNS, file)
+    if price_required:
+        require_columns(df, ("price",), file)
+    df = df.copy()
+    q = _Quarantine(df, file)
+
+    for col in _text_columns(df):
+        q.reject(_has_bad_utf8(df[col]), str(col), "text is not valid UTF-8", df[col])
+
+    df["product_id"] = df["product_id"].astype("string").str.strip()
+    q.reject(_blank(df["product_id"]), "product_id", "missing product id", df["product_id"])
+    q.reject(_blank(df["title"]), "title", "missing title", df["title"])
+
+    raw_price = df["price"] if "price" in df.columns else pd.Series(np.nan, index=df.index)
+    price = pd.to_numeric(raw_price, errors="coerce")
+    if "price" in df.columns:
+        q.reject(price.isna() & ~_blank(raw_price), "price", "price is not a number", raw_price)
+        if price_required:
+            q.reject(price.isna(), "price", "price is missing or NaN", raw_price)
+        q.reject(price <= 0, "price", "price must be > 0", raw_price)
+        q.reject(price > MAX_PRICE, "price", f"price above {MAX_PRICE:,.0f} is implausible", raw_price)
+    df["price"] = price.astype(float)
+
+    if "margin_rate" in df.columns:
+        raw = df["margin_rate"]
+        margin = pd.to_numeric(raw, errors="coerce")
+        q.reject(margin.isna() & ~_blank(raw), "margin_rate", "margin_rate is not a number", raw)
+        q.reject((margin < 0) | (margin >= 1), "margin_rate", "margin_rate must be in [0, 1)", raw)
+        df["margin_rate"] = margin.fillna(default_margin).astype(float)
+    else:
+        df["margin_rate"] = float(default_margin)
+
+    if "rating" in df.columns:
+        raw = df["rating"]
+        rating = pd.to_numeric(raw, errors="coerce")
+        q.reject(rating.isna() & ~_blank(raw), "rating", "rating is not a number", raw)
+        df["rating"] = rating.astype(float)
+    else:
+        df["rating"] = np.nan
+
+    df = df[q.alive].copy()
+    rows = q.rows[q.alive]
+    df, dup_rejections = _drop_duplicate_ids(df, rows, file)
+    return _normalise_products(df), q.rejections + dup_rejections
+
+
+def _drop_duplicate_ids(
+    df: pd.DataFrame, rows: pd.Series, file: str
+) -> tuple[pd.DataFrame, list[Rejection]]:
+    """Exact duplicate rows collapse silently; a repeated ID with other data is rejected
+    (the first occurrence wins, so re-ordering a file is the way to pick another)."""
+    df = df.loc[~df.duplicated(keep="first")]
+    repeated = df["product_id"].duplicated(keep="first")
+    rejections = [
+        Rejection(file, int(rows[idx]), "product_id",
+                  "duplicate product id with conflicting data", str(df.at[idx, "product_id"]))
+        for idx in df.index[repeated]
+    ]
+    return df.loc[~repeated], rejections
+
+
+def _normalise_products(df: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame(index=df.index)
+    out["product_id"] = df["product_id"].astype(str)
+    out["title"] = _clean_text(df["title"])
+    for col in ("category", "department", "product_type", "brand", "size"):
+        out[col] = _clean_text(df[col]) if col in df.columns else ""
+    parts = out["category"].str.split(">")
+    missing_dept = out["department"] == ""
+    out.loc[missing_dept, "department"] = parts[missing_dept].str[0].fillna("").str.strip()
+    missing_type = out["product_type"] == ""
+    out.loc[missing_type, "product_type"] = parts[missing_type].str[-1].fillna("").str.strip()
+    out["price"] = df["price"].astype(float)
+    out["margin_rate"] = df["margin_rate"].astype(float)
+    out["rating"] = df["rating"].astype(float)
+    if "in_stock" in df.columns:
+        stock = df["in_stock"].map(_truthy)
+        out["in_stock"] = stock.fillna(True).astype(bool)
+    else:
+        out["in_stock"] = True
+    out["popularity"] = 0.0
+    return out.reset_index(drop=True)
+
+
+def _truthy(value: object) -> bool | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    return str(value).strip().lower() in {"1", "true", "yes", "y", "t", "in stock"}
+
+
+def parse_timestamps(raw: pd.Series) -> pd.Series:
+    """Unix seconds, or any date string pandas understands; NaT where neither works."""
+    numeric = pd.to_numeric(raw, errors="coerce")
+    out = pd.to_datetime(numeric, unit="s", errors="coerce")
+    text_rows = numeric.isna() & raw.notna()
+    if text_rows.any():
+        out[text_rows] = pd.to_datetime(raw[text_rows].astype(str), errors="coerce", format="mixed")
+    if pd.api.types.is_datetime64_any_dtype(raw):
+        out = raw
+    return out
+
+
+def validate_interactions(
+    df: pd.DataFrame, file: str, known_products: set[str] | pd.Index
+) -> tuple[pd.DataFrame, list[Rejection]]:
+    """Check a raw interaction table against the clean catalogue."""
+    require_columns(df, REQUIRED_INTERACTION_COLUMNS, file)
+    df = df.copy()
+    q = _Quarantine(df, file)
+    for col in _text_columns(df):
+        q.reject(_has_bad_utf8(df[col]), str(col), "text is not valid UTF-8", df[col])
+
+    df["user_id"] = df["user_id"].astype("string").str.strip()
+    df["product_id"] = df["product_id"].astype("string").str.strip()
+    q.reject(_blank(df["user_id"]), "user_id", "missing user id", df["user_id"])
+    q.reject(_blank(df["product_id"]), "product_id", "missing product id", df["product_id"])
+    known = pd.Index(known_products)
+    q.reject(~df["product_id"].isin(known), "product_id", "unknown product", df["product_id"])
+
+    ts = parse_timestamps(df["timestamp"])
+    q.reject(ts.isna(), "timestamp", "unparsable timestamp", df["timestamp"])
+    df["timestamp"] = ts
+
+    if "event" in df.columns:
+        event = df["event"].astype("string").str.strip().str.lower()
+        q.reject(~event.isin(EVENTS), "event", f"event must be one of {'|'.join(EVENTS)}", df["event"])
+        df["event"] = event
+    else:
+        df["event"] = "purchase"
+
+    for col, default in (("quantity", 1.0), ("value", np.nan), ("rating", np.nan)):
+        if col in df.columns:
+            raw = df[col]
+            num = pd.to_numeric(raw, errors="coerce")
+            q.reject(num.isna() & ~_blank(raw), col, f"{col} is not a number", raw)
+            if col == "quantity":
+                q.reject(num <= 0, col, "quantity must be > 0", raw)
+            df[col] = num.fillna(default) if col == "quantity" else num
+        else:
+            df[col] = default
+
+    df = df[q.alive]
+    out = pd.DataFrame(
+        {
+            "user_id": df["user_id"].astype(str),
+            "product_id": df["product_id"].astype(str),
+            "event": df["event"].astype(str),
+            "quantity": df["quantity"].astype(float),
+            "value": df["value"].astype(float),
+            "timestamp": pd.to_datetime(df["timestamp"]),
+            "basket_id": df["basket_id"].astype("string").fillna("").astype(str)
+            if "basket_id" in df.columns else "",
+            "rating": df["rating"].astype(float),
+            "discounted": df["discounted"].map(_truthy).fillna(False).astype(bool)
+            if "discounted" in df.columns else False,
+        }
+    )
+    if "week" in df.columns:
+        out["week"] = df["week"].astype(int)
+    return out.reset_index(drop=True), q.rejections
