@@ -190,7 +190,9 @@ def propose_with_rules(
     bundle so far, of a product type the bundle does not have yet, while the running
     list price stays under the budget."""
     pool = [c for c in candidates if allowed(c.product_id)]
-    seeds = [c for c in pool if c.reason in ("anchor", "semantic", "affinity")] or pool
+    # what the shopper asked for seeds bundles before what their history suggests
+    order = {"anchor": 0, "semantic": 1, "affinity": 2}
+    seeds = sorted((c for c in pool if c.reason in order), key=lambda c: order[c.reason]) or pool
     pinned = [p for p in constraints.pinned if p in catalogue.index]
     price = {c.product_id: float(catalogue.at[c.product_id, "price"]) for c in pool}
     ptype = {c.product_id: str(catalogue.at[c.product_id, "product_type"]) for c in pool}

@@ -65,7 +65,8 @@ def test_second_load_comes_from_cache_and_answers_the_same(
 ) -> None:
     again = load_llm(cache_dir=cache_dir, device="cpu")
     assert not again.converted
-    assert again.load_seconds < 5, again.load_seconds  # conversion takes ~20-30 s
+    # Relative, so a busy shared CPU slows both sides alike (~20 s vs ~0.5-2 s when idle).
+    assert again.load_seconds < llm.load_seconds / 2, (again.load_seconds, llm.load_seconds)
     assert again.chat(FRUITS, max_new_tokens=24).text == fruits.text
 
 
@@ -135,8 +136,8 @@ def test_a_tiny_timeout_cuts_generation_short(llm: LLM) -> None:
     start = time.monotonic()
     out = llm.chat([{"role": "user", "content": "Write a long story."}], 300, timeout_s=0.05)
     assert out.timed_out
-    assert out.new_tokens < 300
-    assert time.monotonic() - start < 3
+    assert out.new_tokens < 30  # ~20 tokens/s on 2 idle cores
+    assert time.monotonic() - start < 5
 
 
 def _pick_model(ids: list[str]) -> type[BaseModel]:

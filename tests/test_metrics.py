@@ -134,11 +134,14 @@ def test_non_string_ids_are_compared_as_strings() -> None:
 
 def _synthetic(n: int = 50) -> tuple[dict, dict]:
     """Per query: one relevant item. `good` ranks it first on 9 queries in 10, `base` on
-    3 in 10 and otherwise third; `same` is `base` with scores rescaled."""
-    qrels = {f"q{i:02d}": {f"rel{i}": 1} for i in range(n)}
+    3 in 10 and otherwise third; `same` is `base` with scores rescaled.
+
+    Item ids are 12 characters long like the codes eval.metrics hands ranx, so the direct
+    ranx cross-check below reuses the same numba compilation instead of adding one."""
+    qrels = {f"q{i:02d}": {f"relevant{i:04d}": 1} for i in range(n)}
     good, base, same = {}, {}, {}
     for i in range(n):
-        rel = f"rel{i}"
+        rel = f"relevant{i:04d}"
         good[f"q{i:02d}"] = {rel: 3.0, "x": 2.0, "y": 1.0} if i % 10 < 9 else {"x": 3.0, "y": 2.0, rel: 1.0}
         base[f"q{i:02d}"] = {rel: 3.0, "x": 2.0, "y": 1.0} if i % 10 < 3 else {"x": 3.0, "y": 2.0, rel: 1.0}
         same[f"q{i:02d}"] = {doc: 10 * s for doc, s in base[f"q{i:02d}"].items()}
