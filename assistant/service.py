@@ -247,6 +247,13 @@ class BundleAssistant:
         request = self.chain.invoke(request)
         return self._recommendation(request, time.perf_counter() - start)
 
+    def bundle_items(self, item_ids: list[str] | tuple[str, ...], *, use_llm: bool = True, **options):
+        """Group given products (a session's items, a merchandiser's list) into bundles,
+        each with an intent name. See :mod:`assistant.grouping`."""
+        from .grouping import bundle_items
+
+        return bundle_items(self, list(item_ids), use_llm=use_llm, **options)
+
     def _retrieve_step(self, req: _Request) -> _Request:
         t = time.perf_counter()
         if req.query:
