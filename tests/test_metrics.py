@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eval.metrics import (
     Interval,
@@ -141,10 +143,12 @@ def _synthetic(n: int = 50) -> tuple[dict, dict]:
     qrels = {f"q{i:02d}": {f"relevant{i:04d}": 1} for i in range(n)}
     good, base, same = {}, {}, {}
     for i in range(n):
-        rel = f"relevant{i:04d}"
-        good[f"q{i:02d}"] = {rel: 3.0, "x": 2.0, "y": 1.0} if i % 10 < 9 else {"x": 3.0, "y": 2.0, rel: 1.0}
-        base[f"q{i:02d}"] = {rel: 3.0, "x": 2.0, "y": 1.0} if i % 10 < 3 else {"x": 3.0, "y": 2.0, rel: 1.0}
-        same[f"q{i:02d}"] = {doc: 10 * s for doc, s in base[f"q{i:02d}"].items()}
+        q, rel = f"q{i:02d}", f"relevant{i:04d}"
+        first = {rel: 3.0, "x": 2.0, "y": 1.0}
+        third = {"x": 3.0, "y": 2.0, rel: 1.0}
+        good[q] = first if i % 10 < 9 else third
+        base[q] = first if i % 10 < 3 else third
+        same[q] = {doc: 10 * s for doc, s in base[q].items()}
     return qrels, {"base": base, "good": good, "same": same}
 
 
@@ -367,3 +371,19 @@ def test_bundle_metrics_without_any_hit_and_invalid_input() -> None:
         bundle_generation_metrics([])
     with pytest.raises(ValueError):
         session_bundle_scores([{"a", "b"}], [])
+
+
+_bundle = st.frozensets(st.integers(0, 8), min_size=2, max_size=4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.lists(_bundle, max_size=4), st.lists(_bundle, min_size=1, max_size=3)),
+                min_size=1, max_size=5))
+def test_bundle_metrics_stay_in_range_and_truth_scores_perfectly(sessions) -> None:
+    m = bundle_generation_metrics(sessions)
+    assert all(0.0 <= m[k] <= 1.0 for k in ("precision", "recall", "coverage"))
+    # Predicting exactly the ground truth hits every bundle with full coverage.
+    perfect = bundle_generation_metrics([(truth, truth) for _, truth in sessions])
+    assert perfect["precision"] == 1.0 and perfect["coverage"] == 1.0
+    # Recall can exceed what distinct bundles allow only through duplicates in the truth.
+    assert perfect["recall"] == 1.0
