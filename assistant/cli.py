@@ -126,7 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", default="rule,llm,llm+rule")
     p.add_argument("--out", type=Path, default=Path("eval/results"))
-    p.add_argument("--work-dir", type=Path, help="where the eval builds its own index (default: a temp folder)")
+    p.add_argument("--llm-cases", type=_positive_int, default=None,
+                   help="run the llm and llm+rule variants on the first N cases only (default: per protocol)")
+    p.add_argument("--limit", type=_positive_int, help="keep only the N lowest user ids of the source (a quick slice)")
+    p.add_argument("--work-dir", type=Path,
+                   help="where the eval builds its own index from the training part (default: the user cache)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("feedback", help="the feedback event store")
@@ -263,9 +267,15 @@ def format_recommendation(rec) -> str:
 def cmd_eval(args) -> int:
     from eval.run import run_protocol
 
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in ("rule", "llm", "llm+rule")]
+    if unknown or not variants:
+        raise CLIError(f"--variants must be some of rule,llm,llm+rule, got '{args.variants}'")
+    if args.data_dir is not None and not args.data_dir.is_dir():
+        raise CLIError(f"--data-dir {args.data_dir} is not a folder")
     result = run_protocol(args.protocol, data_dir=args.data_dir, cases=args.cases, seed=args.seed,
-                          variants=[v.strip() for v in args.variants.split(",") if v.strip()],
-                          out=args.out, work_dir=args.work_dir)
+                          variants=variants, out=args.out, work_dir=args.work_dir, limit=args.limit,
+                          llm_cases=args.llm_cases if args.llm_cases else -1, progress=not args.json)
     _emit(args, result, f"wrote {args.out}/{args.protocol}.json and .md")
     return 0
 

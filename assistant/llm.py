@@ -584,7 +584,8 @@ class LLM:
         from outlines_core import Index
         from outlines_core.json_schema import build_regex_from_schema
 
-        schema = json.dumps(output_type.model_json_schema(), sort_keys=True)
+        # Key order is kept: it is the order the model writes the fields in.
+        schema = json.dumps(output_type.model_json_schema())
         with self._index_lock:
             index = self._indexes.get(schema)
             if index is None:

@@ -59,7 +59,7 @@ class Embedder:
         if not texts:
             return np.zeros((0, DIM), dtype=np.float32)
         keys = [text_key(t) for t in texts]
-        known = self.cache.lookup(keys) if self.cache else {}
+        known = self.cache.lookup(keys) if self.cache is not None else {}
         missing = sorted({k: t for k, t in zip(keys, texts) if k not in known}.items())
         if missing:
             with self._lock:
@@ -68,7 +68,7 @@ class Embedder:
                     normalize_embeddings=True, show_progress_bar=progress, convert_to_numpy=True,
                 ).astype(np.float32)
             fresh = dict(zip((k for k, _ in missing), vectors))
-            if self.cache:
+            if self.cache is not None:  # an empty cache is falsy (__len__)
                 self.cache.add(fresh)
             known = {**known, **fresh}
         return np.stack([known[k] for k in keys])

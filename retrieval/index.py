@@ -119,7 +119,7 @@ def build_index(
         embedder = embedder or Embedder(batch_size=settings.embedding_batch_size, cache_dir=data_dir / "cache")
         texts = [product_text(r) for r in products[["title", "department"]].to_dict("records")]
         vectors = embedder.encode(texts, progress=progress)
-        if embedder.cache:
+        if embedder.cache is not None:
             embedder.cache.save()
     with timed("products_store"):
         products_collection = f"products__{build_id.replace('T', '').replace('-', '_')}"

@@ -221,7 +221,10 @@ def _bundlerec_interactions(
         columns={"user ID": "user_id", "item ID": "product_id", "timestamp": "timestamp"}
     )
     day = pd.to_numeric(user_item["timestamp"], errors="coerce") // 86400
-    user_item["basket_id"] = "u" + user_item["user_id"].astype(str) + "-d" + day.astype("Int64").astype(str)
+    # object dtype throughout: a str dtype is pyarrow-backed and would crash on non-UTF-8
+    # ids before validation gets to reject them
+    user_item["basket_id"] = ("u" + user_item["user_id"].astype(object) + "-d"
+                              + day.astype("Int64").astype(str).astype(object))
     user_item["event"] = "purchase"
     ui, rej_ui = validate_interactions(user_item, str(folder / "user_item.csv"), products["product_id"])
 
@@ -229,7 +232,7 @@ def _bundlerec_interactions(
     sessions = sessions.rename(
         columns={"user ID": "user_id", "item ID": "product_id", "timestamp": "timestamp"}
     )
-    sessions["basket_id"] = "s" + sessions["session ID"].astype(str)
+    sessions["basket_id"] = "s" + sessions["session ID"].astype(object)
     sessions["event"] = "cart"
     si, rej_si = validate_interactions(
         sessions[["user_id", "product_id", "timestamp", "basket_id", "event"]],
@@ -252,6 +255,14 @@ def _read_table(path: Path) -> pd.DataFrame:
         raise SchemaError(str(path), "the file is empty") from exc
     except pd.errors.ParserError as exc:
         raise SchemaError(str(path), f"not a readable CSV: {exc}") from exc
+
+
+def _mapped(df: pd.DataFrame, rename: dict[str, str]) -> pd.DataFrame:
+    """The file's columns renamed to ours. A column that already bears the name of a mapped
+    field (a 'title' beside the 'name' that the map points at) is dropped: the map says
+    which one to use, and two columns of one name would break validation."""
+    shadowed = [c for c in df.columns if c in rename.values() and c not in rename]
+    return df.drop(columns=shadowed).rename(columns=rename)
 
 
 def _find(folder: Path, stem: str) -> Path | None:
@@ -277,14 +288,14 @@ def load_files(
             raise SchemaError(str(path), "no such file")
         catalogue, interactions_file = path, None
     rename = {theirs: ours for ours, theirs in column_map.items()}
-    raw = _read_table(catalogue).rename(columns=rename)
+    raw = _mapped(_read_table(catalogue), rename)
     if limit:
         raw = raw.head(limit)
     products, rejected = validate_products(
         raw, str(catalogue), price_required=True, default_margin=settings.catalogue.default_margin
     )
     if interactions_file is not None:
-        raw_tx = _read_table(interactions_file).rename(columns=rename)
+        raw_tx = _mapped(_read_table(interactions_file), rename)
         interactions, rejected_tx = validate_interactions(raw_tx, str(interactions_file), products["product_id"])
     else:
         interactions, rejected_tx = validate_interactions(

@@ -2,7 +2,8 @@
 
 A file that cannot be read at all (a required column missing) raises :class:`SchemaError`.
 A bad row is dropped into the quarantine as a :class:`Rejection` naming file, row, field
-and reason; valid rows are kept, so ``loaded + rejected == rows read`` always holds.
+and reason; valid rows are kept, so ``loaded + rejected == rows read`` always holds (an
+exact duplicate row counts as loaded: it collapses into its twin, losing nothing).
 Everything here is vectorised: Complete Journey has 1.5M transaction lines.
 """
 
@@ -42,10 +43,15 @@ class _Quarantine:
     def __init__(self, df: pd.DataFrame, file: str, row_numbers: pd.Series | None = None):
         self.file = file
         self.alive = pd.Series(True, index=df.index)
-        # 1-based data row numbers as the user sees them (header excluded)
-        self.rows = row_numbers if row_numbers is not None else pd.Series(
-            np.arange(1, len(df) + 1), index=df.index
-        )
+        # 1-based data row numbers as the user sees them (header excluded). A unique integer
+        # index is the row's position in the file it was read from (a filtered slice keeps
+        # it), so the number still points at the right row of the original file.
+        if row_numbers is None:
+            positional = pd.api.types.is_integer_dtype(df.index) and df.index.is_unique
+            row_numbers = pd.Series(
+                df.index.to_numpy() + 1 if positional else np.arange(1, len(df) + 1), index=df.index
+            )
+        self.rows = row_numbers
         self.rejections: list[Rejection] = []
 
     def reject(self, mask: pd.Series, field: str, reason: str, values: pd.Series | None = None) -> None:
@@ -56,9 +62,28 @@ class _Quarantine:
         for idx, value in vals.items():
             text = "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
             self.rejections.append(
-                Rejection(self.file, int(self.rows[idx]), field, reason, text[:200])
+                Rejection(self.file, int(self.rows[idx]), field, reason, _printable(text[:200]))
             )
         self.alive &= ~mask
+
+
+def _printable(text: str) -> str:
+    """Undecodable bytes (held as surrogates) shown as ``\\xNN``, so the quarantine report
+    itself can be written out as UTF-8."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _reject_bad_utf8(q: "_Quarantine", df: pd.DataFrame) -> None:
+    for col in _text_columns(df):
+        bad = _has_bad_utf8(df[col])
+        q.reject(bad, str(col), "text is not valid UTF-8", df[col])
+        if bad.any():
+            # The row is out already; blank the undecodable cell so that the string checks
+            # that follow (pyarrow-backed strings cannot hold surrogates) never see it.
+            df.loc[bad, col] = None
 
 
 def _has_bad_utf8(series: pd.Series) -> pd.Series:
@@ -103,8 +128,7 @@ def validate_products(
     df = df.copy()
     q = _Quarantine(df, file)
 
-    for col in _text_columns(df):
-        q.reject(_has_bad_utf8(df[col]), str(col), "text is not valid UTF-8", df[col])
+    _reject_bad_utf8(q, df)
 
     df["product_id"] = df["product_id"].astype("string").str.strip()
     q.reject(_blank(df["product_id"]), "product_id", "missing product id", df["product_id"])
@@ -146,14 +170,18 @@ def validate_products(
 def _drop_duplicate_ids(
     df: pd.DataFrame, rows: pd.Series, file: str
 ) -> tuple[pd.DataFrame, list[Rejection]]:
-    """Exact duplicate rows collapse silently; a repeated ID with other data is rejected
-    (the first occurrence wins, so re-ordering a file is the way to pick another)."""
-    df = df.loc[~df.duplicated(keep="first")]
+    """Exact copies of a loaded row collapse silently; a repeated ID with other data is
+    rejected (the first occurrence wins, so re-ordering a file is the way to pick another).
+    A copy of a rejected conflicting row is rejected too: it has no loaded twin to join."""
     repeated = df["product_id"].duplicated(keep="first")
+    # equal row hashes (every column, NaN equal to NaN) with the same id = the same row
+    row_hash = pd.util.hash_pandas_object(df, index=False)
+    collapsed = repeated & row_hash.isin(row_hash[~repeated])
+    conflicting = repeated & ~collapsed
     rejections = [
         Rejection(file, int(rows[idx]), "product_id",
                   "duplicate product id with conflicting data", str(df.at[idx, "product_id"]))
-        for idx in df.index[repeated]
+        for idx in df.index[conflicting]
     ]
     return df.loc[~repeated], rejections
 
@@ -208,8 +236,7 @@ def validate_interactions(
     require_columns(df, REQUIRED_INTERACTION_COLUMNS, file)
     df = df.copy()
     q = _Quarantine(df, file)
-    for col in _text_columns(df):
-        q.reject(_has_bad_utf8(df[col]), str(col), "text is not valid UTF-8", df[col])
+    _reject_bad_utf8(q, df)
 
     df["user_id"] = df["user_id"].astype("string").str.strip()
     df["product_id"] = df["product_id"].astype("string").str.strip()
