@@ -496,4 +496,23 @@ def rerank(
         else:
             ranked.append(_scored(cand, sources, items, ctx))
     ranked.sort(key=lambda b: (-round(b.score, SCORE_TIE_DECIMALS), _key(b.item_ids)))
+    ranked = _drop_lookalikes(ranked, rejected)
     return RerankResult(ranked=ranked if k is None else ranked[:k], rejected=rejected)
+
+
+def _drop_lookalikes(ranked: list[ScoredBundle], rejected: list) -> list[ScoredBundle]:
+    """Keep only the best of bundles whose items read the same (other SKUs of the same
+    titles): a shopper sees them as one bundle shown twice. Runs after the sort, so it
+    keeps the determinism of the ranking."""
+    seen: set[tuple[str, ...]] = set()
+    kept = []
+    for bundle in ranked:
+        signature = tuple(sorted(item.title.strip().lower() for item in bundle.items))
+        if signature in seen:
+            candidate = BundleCandidate(item_ids=bundle.item_ids, source=bundle.source, name=bundle.name,
+                                        llm_reason=bundle.llm_reason)
+            rejected.append((candidate, "lookalike: same titles as a higher-ranked bundle"))
+            continue
+        seen.add(signature)
+        kept.append(bundle)
+    return kept

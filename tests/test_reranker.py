@@ -371,3 +371,31 @@ def test_budget_is_always_respected(budget, proposals):
     keys = [tuple(sorted(b.item_ids)) for b in result.ranked] + [tuple(sorted(r.item_ids)) for r, _ in result.rejected]
     assert sorted(keys) == sorted({tuple(sorted(x.item_ids)) for x in candidates})
     assert all(reason for _, reason in result.rejected)
+
+
+def test_lookalike_bundles_keep_only_the_best() -> None:
+    """Two SKUs with the same title make bundles a shopper cannot tell apart: one is shown."""
+    products = pd.DataFrame(
+        {
+            "product_id": ["a1", "a2", "b"],
+            "title": ["Salsa", "Salsa", "Chips"],
+            "category": ["G > S", "G > S", "G > C"],
+            "department": ["G", "G", "G"],
+            "product_type": ["SALSA", "SALSA", "CHIPS"],
+            "brand": ["X", "Y", "X"],
+            "size": ["1", "2", "1"],
+            "price": [2.0, 2.5, 1.0],
+            "margin_rate": [0.3, 0.3, 0.3],
+            "rating": [float("nan")] * 3,
+            "in_stock": [True, True, True],
+            "popularity": [0.5, 0.9, 0.5],
+        }
+    )
+    ctx = ScoringContext(products=products)
+    result = rerank(
+        [BundleCandidate(item_ids=("a1", "b"), source="rule"), BundleCandidate(item_ids=("a2", "b"), source="rule")],
+        ctx,
+    )
+    assert len(result.ranked) == 1
+    assert result.ranked[0].item_ids == ("a2", "b")  # the more popular SKU scores higher
+    assert any(reason.startswith("lookalike") for _, reason in result.rejected)
