@@ -36,7 +36,8 @@ from typing import Any  # noqa: E402
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from assistant.conversation import Cart, Conversation, Reply  # noqa: E402
+from assistant.constraints import sanitize_message  # noqa: E402
+from assistant.conversation import MAX_MESSAGE_CHARS, Cart, Conversation, Reply  # noqa: E402
 from assistant.feedback import FeedbackStore  # noqa: E402
 from assistant.privacy import neutralise_frame  # noqa: E402
 from assistant.service import BundleAssistant, ServiceError, ShownBundle  # noqa: E402
@@ -181,13 +182,13 @@ def card_html(bundle: ShownBundle) -> str:
 
 def cart_html(cart: Cart) -> str:
     if not cart.lines:
-        return '<div class="ba-cart"><div class="ba-cart-title">🛒 Your cart</div><div class="ba-muted">Empty — add a bundle you like.</div></div>'
+        return '<div class="ba-cart"><div class="ba-cart-title">Your cart</div><div class="ba-muted">Empty — add a bundle you like.</div></div>'
     rows = "".join(
         f'<li><span>{line.quantity} × {_e(line.name)}</span><span>{money(line.line_total)}</span></li>'
         for line in cart.lines
     )
     savings = f'<div class="ba-save">You save {money(cart.savings)}</div>' if cart.savings else ""
-    return (f'<div class="ba-cart"><div class="ba-cart-title">🛒 Your cart ({cart.count})</div>'
+    return (f'<div class="ba-cart"><div class="ba-cart-title">Your cart ({cart.count})</div>'
             f'<ul class="ba-items">{rows}</ul>'
             f'<div class="ba-total">Total <span class="ba-cart-total">{money(cart.total)}</span></div>'
             f'{savings}</div>')
@@ -263,7 +264,6 @@ class ShopperSession:
     persona: str
     conversation: Conversation
     messages: list[dict[str, str]] = field(default_factory=list)
-    last: Reply | None = None
 
 
 @dataclass
@@ -339,11 +339,10 @@ def build_app(
 
     def respond(message: str, persona: str, session: ShopperSession | None) -> Iterator[tuple]:
         session = session_for(persona, session)
-        text = (message or "").strip()
-        history = [*session.messages, {"role": "user", "content": text or "…"}]
+        text = sanitize_message(message, MAX_MESSAGE_CHARS)
+        history = [*session.messages, {"role": "user", "content": text}] if text else list(session.messages)
         chat = history
         for reply in session.conversation.turn(message or ""):
-            session.last = reply
             chat = [*history, {"role": "assistant", "content": chat_markdown(reply)}]
             yield (chat, reply.as_dict(), "", understood_html(reply), *card_outputs(reply), session)
         session.messages = chat[-40:]
@@ -366,7 +365,7 @@ def build_app(
             conv = session.conversation
             try:
                 line = conv.add_to_cart(number)
-                gr.Info(f"Added “{line.name}” to your cart.")
+                gr.Info(f"Added “{line.name}” to your cart.", duration=3)
             except ServiceError as exc:
                 gr.Warning(str(exc))
             return cart_html(conv.cart), conv.cart.as_dict(), session
@@ -465,7 +464,7 @@ def build_app(
     # -- layout -----------------------------------------------------------------------
 
     with gr.Blocks(title="Bundle assistant") as demo:
-        gr.Markdown("## 🧺 Bundle assistant")
+        gr.Markdown("## Bundle assistant")
         with gr.Tabs():
             with gr.Tab("Shop", id="shop"):
                 session_state = gr.State(None)
@@ -494,10 +493,10 @@ def build_app(
                                 with gr.Row():
                                     cart_buttons.append(gr.Button("Add bundle to cart", variant="primary",
                                                                   size="sm", scale=3))
-                                    likes.append(gr.Button("👍", size="sm", scale=1, min_width=40))
-                                    dislikes.append(gr.Button("👎", size="sm", scale=1, min_width=40))
+                                    likes.append(gr.Button("Like", size="sm", scale=1, min_width=60))
+                                    dislikes.append(gr.Button("Not for me", size="sm", scale=1, min_width=60))
                             slots.append(slot)
-                        reason = gr.Textbox(label="Why? (optional, sent with 👍/👎)", max_lines=1,
+                        reason = gr.Textbox(label="Why? (optional, sent with Like / Not for me)", max_lines=1,
                                             max_length=300)
                         feedback_note = gr.Markdown()
                         cart_view = gr.HTML(cart_html(Cart()), elem_id="cart")
@@ -529,7 +528,7 @@ def build_app(
             with gr.Tab("Merchandiser", id="merchandiser"):
                 auth_state = gr.State(None)
                 if creds is None:
-                    gr.Markdown("🔒 **The merchandiser tools are off.** Set `BUNDLE_MERCH_USER` and "
+                    gr.Markdown("**The merchandiser tools are off.** Set `BUNDLE_MERCH_USER` and "
                                 "`BUNDLE_MERCH_PASSWORD` in the environment and restart the app.")
                 with gr.Row(visible=creds is not None):
                     merch_user = gr.Textbox(label="User", max_lines=1, scale=2)
@@ -546,9 +545,9 @@ def build_app(
                     weights_md = gr.Markdown(weights_text(*(default_weights[c] for c in OBJECTIVE_COMPONENTS)))
                     with gr.Row():
                         min_margin = gr.Slider(0, 0.6, value=0, step=0.01, label="Minimum margin after discount")
-                        max_price = gr.Number(label="Bundle price up to ($)", value=None, minimum=0)
-                        min_unit = gr.Number(label="Item price from ($)", value=None, minimum=0)
-                        max_unit = gr.Number(label="Item price to ($)", value=None, minimum=0)
+                        max_price = gr.Number(label="Bundle price up to ($)", value=None, minimum=0, placeholder="any")
+                        min_unit = gr.Number(label="Item price from ($)", value=None, minimum=0, placeholder="any")
+                        max_unit = gr.Number(label="Item price to ($)", value=None, minimum=0, placeholder="any")
                     with gr.Row():
                         depts = gr.Dropdown(departments, multiselect=True, label="Departments (empty: all)")
                         pins = gr.Textbox(label="Pin product ids (in every bundle)", max_lines=1)
@@ -556,7 +555,8 @@ def build_app(
                         k = gr.Slider(1, 30, value=10, step=1, label="Bundles")
                     generate = gr.Button("Generate bundles", variant="primary")
                     merch_status = gr.Markdown()
-                    results = gr.Dataframe(label="Bundles with every score component", wrap=True)
+                    results = gr.Dataframe(label="Bundles with every score component", wrap=True, max_height=420,
+                                           column_widths=RESULT_COLUMN_WIDTHS)
                     with gr.Row():
                         plot = gr.ScatterPlot(x="preference", y="margin", color="source",
                                               tooltip=["rank", "name", "score"],
@@ -583,6 +583,9 @@ def build_app(
     return demo
 
 
+RESULT_COLUMN_WIDTHS = ["60px", "180px", *["100px"] * 15, "520px", "200px"]
+
+
 def results_frame(bundles: list[ShownBundle]) -> pd.DataFrame:
     """One row per bundle: prices, margin and every score component's value."""
     rows = []
@@ -599,9 +602,10 @@ def results_frame(bundles: list[ShownBundle]) -> pd.DataFrame:
             row[f"{name}_contribution"] = round(comp.contribution, 4)
         row.update(source=b.source, explanation=b.explanation, llm_reason=b.llm_reason)
         rows.append(row)
-    columns = ["rank", "name", "items", "product_ids", "list_price", "bundle_price", "savings", "margin_rate",
-               "score", *[c for n in (*OBJECTIVE_COMPONENTS, "redundancy") for c in (n, f"{n}_contribution")],
-               "source", "explanation", "llm_reason"]
+    columns = ["rank", "name", "bundle_price", "list_price", "savings", "margin_rate", "score",
+               *OBJECTIVE_COMPONENTS, "redundancy",
+               *[f"{n}_contribution" for n in (*OBJECTIVE_COMPONENTS, "redundancy")],
+               "items", "product_ids", "source", "explanation", "llm_reason"]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -283,9 +283,12 @@ def cmd_eval(args) -> int:
 def cmd_feedback(args) -> int:
     from .feedback import FeedbackStore
 
+    if args.out.suffix.lower() not in (".csv", ".parquet"):
+        raise CLIError(f"--out must end in .csv or .parquet, not '{args.out.suffix}'")
     settings = _settings(args)
     store = FeedbackStore(settings.data_dir / "feedback.sqlite")
-    n = store.export(args.out)
+    store.export(args.out)
+    n = len(store.events())
     _emit(args, {"exported": n, "out": str(args.out)}, f"exported {n} events to {args.out}")
     return 0
 
@@ -294,6 +297,8 @@ def cmd_forget(args) -> int:
     from .feedback import FeedbackStore
     from .privacy import pseudonymise
 
+    if not args.user_id.strip():
+        raise CLIError("USER_ID is empty")
     settings = _settings(args)
     key = pseudonymise(args.user_id, data_dir=settings.data_dir)
     store = FeedbackStore(settings.data_dir / "feedback.sqlite")
@@ -311,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from pydantic import ValidationError
 
+    from retrieval.embeddings import EmbeddingModelMissing
     from retrieval.index import IndexMissing
     from retrieval.schema import SchemaError
     from retrieval.store import StoreUnavailable
@@ -319,7 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
-    except (CLIError, ServiceError, SchemaError, IndexMissing, StoreUnavailable, FileNotFoundError) as exc:
+    except (CLIError, ServiceError, SchemaError, IndexMissing, StoreUnavailable, EmbeddingModelMissing,
+            FileNotFoundError) as exc:
         print(f"bundle-assistant {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except ValidationError as exc:

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_CHARS = 500
 MAX_REASON_CHARS = 300
 DEFAULT_CARDS = 3
+SPARE_BUNDLES = 3  # asked for beyond the cards, to replace look-alikes
 MAX_HISTORY_SETS = 20  # bundle sets kept for "swap the salsa" look-ups
 INTRO_MAX_TOKENS = 40
 INTRO_TIMEOUT_S = 6.0
@@ -313,8 +314,8 @@ def stream_intro(llm: Any, request: str, timeout_s: float = INTRO_TIMEOUT_S,
     finally:
         stream.close()  # stops generation after the current token
     final = _clean_intro(text)
-    if len(final.split()) < 3:
-        raise ValueError(f"intro too short: {final!r}")
+    if len(final.split()) < 3 or not _SENTENCE_END.search(final):
+        raise ValueError(f"intro too short or cut off: {final!r}")  # e.g. the time limit hit
     yield final
 
 
@@ -503,7 +504,7 @@ class Conversation:
             note = "The assistant's language model was unavailable; showing rule-based bundles."
             yield self._finish(reply, notes=[*reply.notes, note])
             return
-        if [bundle_key(b) for b in merged.bundles] != [bundle_key(b) for b in rec.bundles]:
+        if [bundle_key(b) for b in self._visible(merged)] != [bundle_key(b) for b in self._visible(rec)]:
             yield self._finish(self._show(merged, intro, source, request, "final", recorded))
         else:
             yield self._finish(reply, recommendation=merged, notes=[*request.notes, *merged.notes])
@@ -534,7 +535,7 @@ class Conversation:
               phase: Phase, recorded: set[str]) -> Reply:
         """Put ``rec``'s bundles on screen; record each bundle once per turn as shown."""
         with self._lock:
-            bundles = list(rec.bundles[: self.cards])
+            bundles = self._visible(rec)
             self.shown = bundles
             self.history = [*self.history, bundles][-MAX_HISTORY_SETS:]
             for b in bundles:
@@ -552,6 +553,21 @@ class Conversation:
             notes = [n for n in notes if n != text]
         return Reply(phase=phase, text=text, bundles=bundles, notes=notes, understood=request.understood,
                      profile_summary=rec.profile_summary, intro_source=intro_source, recommendation=rec)
+
+    def _visible(self, rec: Recommendation) -> list[ShownBundle]:
+        """The cards to show: bundles that look the same to a shopper (the same titles,
+        e.g. two sizes of one product) count once; ranks are renumbered 1..n."""
+        seen: set[tuple[str, ...]] = set()
+        out: list[ShownBundle] = []
+        for b in rec.bundles:
+            looks = tuple(sorted(i.title.lower() for i in b.items))
+            if looks in seen:
+                continue
+            seen.add(looks)
+            out.append(b if b.rank == len(out) + 1 else b.model_copy(update={"rank": len(out) + 1}))
+            if len(out) == self.cards:
+                break
+        return out
 
     # -- understanding ----------------------------------------------------------------
 
@@ -637,7 +653,7 @@ class Conversation:
         start = time.perf_counter()
         rec = self.assistant.recommend(
             query=request.query, anchors=request.anchors, constraints=request.constraints,
-            k=self.cards, mode=mode, profile=self.profile(signal),
+            k=self.cards + SPARE_BUNDLES, mode=mode, profile=self.profile(signal),
             boosted=self.boosted(signal), demoted=self.demoted(signal),
         )
         log.debug("recommend %s in %.2fs", mode, time.perf_counter() - start)

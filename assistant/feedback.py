@@ -24,7 +24,7 @@ import pandas as pd
 from pydantic import BaseModel, Field, field_validator
 
 from assistant.constraints import sanitize_message
-from assistant.privacy import guest_pseudonym, is_pseudonym, neutralise_frame, pseudonymise
+from assistant.privacy import guest_pseudonym, is_pseudonym, pseudonymise, write_safe_csv
 
 EventKind = Literal["shown", "like", "dislike", "cart", "reason", "purchase"]
 EVENT_KINDS: tuple[str, ...] = ("shown", "like", "dislike", "cart", "reason", "purchase")
@@ -281,7 +281,7 @@ class FeedbackStore:
             df.to_parquet(path, index=False)
         elif suffix == ".csv":
             df["product_ids"] = df["product_ids"].map(json.dumps)
-            neutralise_frame(df).to_csv(path, index=False)
+            write_safe_csv(df, path)
         else:
             raise ValueError(f"export to .parquet or .csv, not {path.suffix!r}")
         return path

@@ -48,7 +48,7 @@ GROUP_MODES: tuple[str, ...] = ("rule", "llm", "llm+rule")
 # Affinity = NPMI_WEIGHT·max(NPMI, 0) + (1 − NPMI_WEIGHT)·category overlap. Chosen a priori
 # (equal say for behaviour and taxonomy), not tuned on any evaluation split.
 NPMI_WEIGHT = 0.5
-RULE_THRESHOLD = 0.35  # clusters merge while their mean affinity is at least this
+RULE_THRESHOLD = 0.3  # clusters merge while their mean affinity is at least this
 MAX_ITEMS = 40  # the prompt lists at most this many items; more are grouped by rules only
 NAME_MAX = 32
 

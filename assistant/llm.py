@@ -367,7 +367,7 @@ class _Deadline(StoppingCriteria):
         self.cancel = cancel
         self.fired = False
 
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
         late = time.monotonic() >= self.deadline
         self.fired |= late
         stop = late or (self.cancel is not None and self.cancel.is_set())

@@ -122,6 +122,15 @@ def neutralise_csv_cell(value: Any) -> Any:
     return value
 
 
+def write_safe_csv(df: pd.DataFrame, path: Path | str) -> None:
+    """``df`` as a CSV a spreadsheet can open safely: formula cells neutralised, and every
+    cell quoted, because pandas leaves a cell holding a bare carriage return unquoted and a
+    spreadsheet starts a new row there (a cell "x\r=cmd|..." would become a formula)."""
+    import csv
+
+    neutralise_frame(df).to_csv(path, index=False, quoting=csv.QUOTE_ALL)
+
+
 def neutralise_frame(df: pd.DataFrame) -> pd.DataFrame:
     """A copy of ``df`` with every text column neutralised; numeric columns untouched."""
     out = df.copy()

@@ -302,7 +302,10 @@ def _interval(values: Sequence[float], seed: int) -> list[float]:
 
 
 def paired(x: Sequence[float], y: Sequence[float], seed: int) -> dict:
-    """Paired t-test and randomisation test p-values, and the mean difference x − y."""
+    """Paired t-test and randomisation test p-values, and the mean difference x − y
+    (p-values are None with fewer than two cases: nothing to test)."""
+    if len(x) < 2:
+        return {"t_test": None, "randomisation": None, "mean_difference": float(np.mean(np.subtract(x, y)))}
     with warnings.catch_warnings():  # near-identical score vectors make scipy warn; p is still right
         warnings.simplefilter("ignore", RuntimeWarning)
         return {"t_test": M.paired_p_value(x, y, "student"),

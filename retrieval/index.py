@@ -138,8 +138,10 @@ def build_index(
     with timed("save"):
         products.to_parquet(folder / "catalogue.parquet", index=False)
         np.save(folder / "item_embeddings.npy", vectors)
-        pd.DataFrame([r.as_dict() for r in ds.quarantine],
-                     columns=["file", "row", "field", "reason", "value"]).to_csv(folder / "quarantine.csv", index=False)
+        from assistant.privacy import write_safe_csv  # a merchant opens this report in a spreadsheet
+
+        write_safe_csv(pd.DataFrame([r.as_dict() for r in ds.quarantine],
+                                    columns=["file", "row", "field", "reason", "value"]), folder / "quarantine.csv")
         for name, extra in ds.extras.items():
             extra.to_parquet(folder / f"extra_{name}.parquet", index=False)
         summary = {**ds.summary(), "profiles": len(profiles)}

@@ -8,6 +8,7 @@ schema, plus a quarantine of rejected rows. The schema is deliberately retail-ge
 from __future__ import annotations
 
 import ast
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -249,12 +250,20 @@ def _read_table(path: Path) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise SchemaError(str(path), "the file is empty")
     try:
-        return pd.read_csv(path, dtype=object, encoding="utf-8", encoding_errors="surrogateescape",
-                           keep_default_na=False, na_values=[""])
+        with warnings.catch_warnings():
+            # A first data row longer than the header would become an index column and shift
+            # every value one column left; index_col=False turns that into this warning.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(path, dtype=object, encoding="utf-8", encoding_errors="surrogateescape",
+                               keep_default_na=False, na_values=[""], index_col=False)
     except pd.errors.EmptyDataError as exc:
         raise SchemaError(str(path), "the file is empty") from exc
     except pd.errors.ParserError as exc:
         raise SchemaError(str(path), f"not a readable CSV: {exc}") from exc
+    except pd.errors.ParserWarning as exc:
+        raise SchemaError(str(path), "not a readable CSV: line 2 has more fields than the header") from exc
+    except UnicodeError as exc:  # undecodable bytes in the header row (e.g. a UTF-16 export)
+        raise SchemaError(str(path), "the header row is not UTF-8 text; save the file as UTF-8 CSV") from exc
 
 
 def _mapped(df: pd.DataFrame, rename: dict[str, str]) -> pd.DataFrame:

@@ -157,6 +157,7 @@ def validate_products(
         raw = df["rating"]
         rating = pd.to_numeric(raw, errors="coerce")
         q.reject(rating.isna() & ~_blank(raw), "rating", "rating is not a number", raw)
+        q.reject(rating.abs() == np.inf, "rating", "rating must be finite", raw)
         df["rating"] = rating.astype(float)
     else:
         df["rating"] = np.nan
@@ -218,14 +219,17 @@ def _truthy(value: object) -> bool | None:
 
 
 def parse_timestamps(raw: pd.Series) -> pd.Series:
-    """Unix seconds, or any date string pandas understands; NaT where neither works."""
+    """Unix seconds, or any date string pandas understands; NaT where neither works.
+    A time with a zone ("...Z", "+02:00") is converted to UTC and kept naive, like unix
+    seconds, so one file may mix both."""
+    if pd.api.types.is_datetime64_any_dtype(raw):
+        return raw.dt.tz_convert(None) if getattr(raw.dt, "tz", None) is not None else raw
     numeric = pd.to_numeric(raw, errors="coerce")
     out = pd.to_datetime(numeric, unit="s", errors="coerce")
     text_rows = numeric.isna() & raw.notna()
     if text_rows.any():
-        out[text_rows] = pd.to_datetime(raw[text_rows].astype(str), errors="coerce", format="mixed")
-    if pd.api.types.is_datetime64_any_dtype(raw):
-        out = raw
+        text = pd.to_datetime(raw[text_rows].astype(str), errors="coerce", format="mixed", utc=True)
+        out[text_rows] = text.dt.tz_convert(None).astype(out.dtype)
     return out
 
 
@@ -261,11 +265,17 @@ def validate_interactions(
             raw = df[col]
             num = pd.to_numeric(raw, errors="coerce")
             q.reject(num.isna() & ~_blank(raw), col, f"{col} is not a number", raw)
+            q.reject(num.abs() == np.inf, col, f"{col} must be finite", raw)
             if col == "quantity":
                 q.reject(num <= 0, col, "quantity must be > 0", raw)
             df[col] = num.fillna(default) if col == "quantity" else num
         else:
             df[col] = default
+    if "week" in df.columns:
+        week = pd.to_numeric(df["week"], errors="coerce")
+        whole = np.isfinite(week) & (week == week.round())
+        q.reject(~whole, "week", "week must be a whole number", df["week"])
+        df["week"] = week
 
     df = df[q.alive]
     out = pd.DataFrame(

@@ -204,7 +204,7 @@ def test_merchandiser_gets_the_scored_table_plot_and_csv(shop):
     hits = c.predict("pasta", api_name="/merch_search")
     pin = str(hits["data"][0][0])
     table, plot, csv_path, status = c.predict(
-        "pasta dinner", 0.2, 0.2, 0.5, 0.1, 0.2, 30.0, None, None, ["GROCERY"], pin, "", 8,
+        "pasta dinner", 0.2, 0.2, 0.5, 0.1, 0.15, 30.0, None, None, ["GROCERY"], pin, "", 8,
         api_name="/merch_generate")
     frame = pd.DataFrame(table["data"], columns=table["headers"])
     assert len(frame) >= 1 and "bundles" in status
@@ -212,7 +212,7 @@ def test_merchandiser_gets_the_scored_table_plot_and_csv(shop):
         assert name in frame and f"{name}_contribution" in frame
     contributions = frame[[f"{n}_contribution" for n in (*OBJECTIVE_COMPONENTS, "redundancy")]].sum(axis=1)
     assert (contributions - frame["score"]).abs().max() < 1e-3
-    assert (frame["margin_rate"] >= 0.2 - 1e-9).all() and (frame["bundle_price"] <= 30).all()
+    assert (frame["margin_rate"] >= 0.15 - 1e-9).all() and (frame["bundle_price"] <= 30).all()
     assert frame["margin_contribution"].iloc[0] == pytest.approx(frame["margin"].iloc[0] * 0.5, abs=1e-3)
     catalogue = shop.assistant.index.catalogue
     for ids in frame["product_ids"]:
@@ -220,7 +220,9 @@ def test_merchandiser_gets_the_scored_table_plot_and_csv(shop):
         assert all(catalogue.at[p, "department"] == "GROCERY" for p in ids.split())
     exported = pd.read_csv(csv_path, dtype={"product_ids": str})
     assert list(exported.columns) == list(frame.columns) and len(exported) == len(frame)
-    print(plot)
+    points = pd.DataFrame(plot["data"], columns=plot["columns"])
+    assert {"preference", "margin"} <= set(points.columns) and len(points) == len(frame)
+    assert points["margin"].tolist() == frame["margin"].tolist()
     assert c.predict(api_name="/merch_logout") == "Signed out."
     with pytest.raises(Exception, match="Sign in"):
         c.predict("x", api_name="/merch_search")

@@ -248,10 +248,11 @@ def check_loaded(case: CatalogueCase, path: Path, load) -> None:
     counts["catalogue files"] += 1
     counts["catalogue rows"] += len(case.rows)
     missing = [c for c in ("product_id", "title", "price") if c not in case.columns]
-    if not case.columns:  # not even a header
-        with pytest.raises(SchemaError, match="empty") as err:
+    if not case.columns:  # not even a header: "empty" (CSV), or no columns at all (parquet)
+        with pytest.raises(SchemaError) as err:
             load()
         assert err.value.file == str(path)
+        assert "empty" in str(err.value) or err.value.column in missing
         return
     if missing:
         with pytest.raises(SchemaError) as err:
@@ -284,3 +285,351 @@ def test_any_catalogue_csv_is_loaded_or_refused_with_nothing_lost(case):
         path = Path(tmp) / "catalogue.csv"
         path.write_bytes(csv_bytes(case.header, case.cells_in_file_order(), case.newline, case.quote_all))
         check_loaded(case, path, lambda: load_source("csv", path, column_map=case.column_map))
+
+
+@PROPERTY
+@given(case=catalogue_cases(), typed_price=st.booleans())
+def test_any_catalogue_parquet_is_loaded_or_refused_with_nothing_lost(case, typed_price):
+    # parquet holds text, not bytes: every cell is its (valid Unicode) text
+    case.rows = [{c: Cell(v.text) for c, v in r.items()} for r in case.rows]
+    columns = {h: [r[c].text for r in case.rows] for h, c in zip(case.header, case.columns)}
+    frame = pd.DataFrame(columns, columns=case.header, dtype=object)
+    price_name = case.header[case.columns.index("price")] if "price" in case.columns else None
+    if typed_price and price_name:
+        # a float column (NaN, inf, negative and huge included) when every cell is a number
+        numbers = [None if _blank(t) else _number(t) for t in frame[price_name]]
+        if all(n is not None for n in numbers if True) and None not in numbers:
+            frame[price_name] = pd.Series(numbers, dtype=float)
+            case.rows = [{**r, "price": Cell(repr(n))} for r, n in zip(case.rows, numbers)]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "catalogue.parquet"
+        frame.to_parquet(path, index=False)
+        check_loaded(case, path, lambda: load_source("parquet", path, column_map=case.column_map))
+
+
+def test_parquet_with_wrong_column_types(tmp_path):
+    """Ids as integers, titles as numbers, prices as text, NaN/negative/huge floats."""
+    path = tmp_path / "typed.parquet"
+    pd.DataFrame({
+        "product_id": [1, 2, 3, 4, 5, 6],
+        "title": [101, 102.5, None, 104, 105, 106],
+        "price": [1.5, float("nan"), 2.0, -1.0, 1e12, 3.0],
+        "rating": ["4", "x", "5", "5", "5", "5"],
+    }).to_parquet(path, index=False)
+    ds = load_source("parquet", path)
+    assert ds.products["product_id"].tolist() == ["1", "6"]
+    assert ds.products["title"].tolist() == ["101.0", "106.0"]  # a float column, read as text
+    got = {(r.row, r.field) for r in ds.quarantine}
+    assert got == {(2, "price"), (3, "title"), (4, "price"), (5, "price")}  # one reason per row
+    assert len(ds.products) + len(ds.quarantine) == 6
+
+
+# --- interaction properties ----------------------------------------------------------------------
+
+GOOD_CATALOGUE = b"product_id,title,price\nP1,Milk,1.5\nP2,Eggs,2.5\nP3,Bread,3\nP9,Broken,-1\n"
+KNOWN = {"P1", "P2", "P3"}
+INTERACTION_VALUES = {
+    "user_id": st.sampled_from(["u1", "u2", " u3 ", "", "  ", "ü4", "=cmd|' /C calc'!A0"]),
+    "product_id": st.sampled_from(["P1", "P2", " P3 ", "P9", "NOPE", "", "p1"]),
+    "timestamp": st.sampled_from(["1609459200", "-5", "0", "2021-03-04", "2021-03-04 10:00:00",
+                                  "2021-03-04T10:00:00Z", "2021-03-04T10:00:00+02:00", "",
+                                  "2021-13-45", "yesterday", "1e20", "nan", "inf"]),
+    "event": st.sampled_from(["purchase", "view", "cart", "review", " Purchase ", "CART", "buy", "",
+                              "click"]),
+    "quantity": st.sampled_from(["1", "2.5", "", "0", "-1", "two", "nan", "inf", "1e3"]),
+    "value": st.sampled_from(["3.5", "", "-2", "abc", "inf", "nan"]),
+    "rating": st.sampled_from(["4", "", "x", "inf"]),
+    "week": st.sampled_from(["1", "52", "", "x", "3.5"]),
+}
+GOOD_INTERACTION = {
+    "user_id": st.sampled_from(["u1", "u2"]), "product_id": st.sampled_from(["P1", "P2", "P3"]),
+    "timestamp": st.sampled_from(["1609459200", "2021-03-04T10:00:00Z"]),
+    "event": st.sampled_from(EVENTS), "quantity": st.sampled_from(["1", "2"]),
+    "value": st.sampled_from(["3.5", ""]), "rating": st.sampled_from(["4", ""]),
+    "week": st.sampled_from(["1", "52"]),
+}
+GOOD_TIMESTAMPS = {"1609459200", "-5", "0", "2021-03-04", "2021-03-04 10:00:00",
+                   "2021-03-04T10:00:00Z", "2021-03-04T10:00:00+02:00"}
+
+
+def interaction_valid(row: dict[str, Cell]) -> bool:
+    dec = {k: c.decoded() for k, c in row.items()}
+    if any(isinstance(v, bytes) for v in dec.values()):
+        return False
+    if _blank(dec["user_id"]) or _blank(dec["product_id"]) or dec["product_id"].strip() not in KNOWN:
+        return False
+    if dec["timestamp"] not in GOOD_TIMESTAMPS:
+        return False
+    if "event" in dec and (_blank(dec["event"]) or dec["event"].strip().lower() not in EVENTS):
+        return False
+    for col in ("quantity", "value", "rating"):
+        if col in dec and not _blank(dec[col]):
+            number = _number(dec[col])
+            if number is None or not math.isfinite(number) or (col == "quantity" and number <= 0):
+                return False
+    if "week" in dec:
+        week = _number(dec["week"])
+        if week is None or week != int(week):
+            return False
+    return True
+
+
+@st.composite
+def interaction_cases(draw):
+    optional = draw(st.lists(st.sampled_from(["event", "quantity", "value", "rating", "week"]), unique=True))
+    required = [c for c in ("user_id", "product_id", "timestamp") if draw(st.integers(0, 9)) > 0]
+    columns = draw(st.permutations(required + optional + ["basket_id"]))
+    rows = []
+    for number in range(1, draw(st.integers(0, 12)) + 1):
+        row = {c: Cell(draw(GOOD_INTERACTION[c])) for c in columns if c != "basket_id"}
+        for c in row:  # a plausible row with some cells replaced by anything
+            if draw(st.integers(0, 3)) == 0:
+                row[c] = draw(cells(INTERACTION_VALUES[c]))
+        row["basket_id"] = Cell(f"b{number}")  # tells which file row a loaded interaction is
+        rows.append(row)
+    return columns, rows
+
+
+@PROPERTY
+@given(case=interaction_cases(), newline=st.sampled_from([b"\n", b"\r\n"]))
+def test_any_interaction_file_is_loaded_or_refused_with_nothing_lost(case, newline):
+    columns, rows = case
+    counts["interaction files"] += 1
+    counts["interaction rows"] += len(rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "products.csv").write_bytes(GOOD_CATALOGUE)
+        path = folder / "interactions.csv"
+        path.write_bytes(csv_bytes(columns, [[r[c] for c in columns] for r in rows], newline, False))
+        missing = [c for c in ("user_id", "product_id", "timestamp") if c not in columns]
+        if missing:
+            with pytest.raises(SchemaError) as err:
+                load_source("csv", folder)
+            assert err.value.file == str(path) and err.value.column in missing
+            return
+        ds = load_source("csv", folder)
+    rejected = {r.row for r in ds.quarantine if r.file == str(path)}
+    loaded = [int(b[1:]) for b in ds.interactions["basket_id"]]
+    expected_loaded = [n for n, row in enumerate(rows, start=1) if interaction_valid(row)]
+    assert loaded == expected_loaded
+    assert rejected == set(range(1, len(rows) + 1)) - set(expected_loaded)
+    assert len(ds.interactions) + len([r for r in ds.quarantine if r.file == str(path)]) == len(rows)
+    tx = ds.interactions
+    assert set(tx["product_id"]) <= KNOWN and set(tx["event"]) <= set(EVENTS)
+    assert tx["timestamp"].notna().all() and (tx["quantity"] > 0).all()
+
+
+# --- files no generator above writes ----------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        # a row longer than the header: pandas would silently shift it into an index column
+        (b"product_id,title,price\nP1,Milk,2.5,9\nP2,Eggs,3\n", "more fields"),
+        (b"product_id,title,price\nP1,Milk,2.5\nP2,Eggs,3,4\n", "line 3"),
+        # a UTF-16 export: not even the header is UTF-8
+        ("product_id,title,price\nP1,Milk,2.5\n".encode("utf-16"), "UTF-8"),
+        (b"\n\n", "empty"),
+    ],
+    ids=["long-first-row", "long-later-row", "utf-16", "blank-lines"],
+)
+def test_unreadable_csv_is_a_clear_error_naming_the_file(tmp_path, data, needle):
+    path = tmp_path / "catalogue.csv"
+    path.write_bytes(data)
+    with pytest.raises(SchemaError) as err:
+        load_source("csv", path)
+    assert err.value.file == str(path) and str(err.value).startswith(str(path))
+    assert needle in str(err.value)
+
+
+def test_short_rows_and_bom_are_read_not_shifted(tmp_path):
+    path = tmp_path / "catalogue.csv"
+    path.write_bytes("\ufeffproduct_id,title,price\r\nP1,Milk,2.5\r\nP2,Eggs\r\n".encode())
+    ds = load_source("csv", path)
+    assert ds.products[["product_id", "title", "price"]].values.tolist() == [["P1", "Milk", 2.5]]
+    assert [(r.row, r.field) for r in ds.quarantine] == [(2, "price")]
+
+
+# --- chat input --------------------------------------------------------------------------------------
+
+@PROPERTY
+@given(text=st.text(max_size=3000), max_len=st.integers(0, 1200))
+def test_sanitize_message_bounds_and_strips(text, max_len):
+    out = sanitize_message(text, max_len=max_len)
+    assert len(out) <= max_len
+    assert not any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in out)
+    assert not any(c in out for c in "\u202e\u200b\u2066\ufeff")  # bidi override, zero-width
+    assert out == out.strip() and "  " not in out
+    assert sanitize_message(out, max_len=max_len) == out  # idempotent
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t\r", "\x00\x07\x1b[31m", "\u200b\u202e", None, 42, b"bytes"])
+def test_empty_or_non_text_chat_input_is_empty(text):
+    assert sanitize_message(text).replace("[31m", "") == ""
+
+
+def test_chat_input_has_a_maximum_length():
+    assert len(sanitize_message("taco night " * 10_000)) <= 1000
+    assert sanitize_message("tacos\x00 for\u202e four\nplease") == "tacos for four please"
+
+
+# --- CSV exports ---------------------------------------------------------------------------------------
+
+def _cells(path: Path) -> list[str]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [cell for row in csv.reader(fh) for cell in row]
+
+
+def _formula(cell: str) -> bool:
+    return cell[:1] in ("=", "+", "-", "@", "\t", "\r")
+
+
+def test_feedback_csv_export_neutralises_formulas_via_the_cli(tmp_path):
+    data = tmp_path / "data"
+    store = FeedbackStore(data / "feedback.sqlite")
+    for i, formula in enumerate(FORMULAS):
+        store.record(FeedbackEvent.for_user(f"shopper-{i}", data_dir=data, session_id=formula, event="like",
+                                            bundle_key=formula, product_ids=[formula], reason=formula))
+    store.close()
+    out = tmp_path / "events.csv"
+    proc = subprocess.run([executable("bundle-assistant"), "feedback", "export", "--out", str(out),
+                           "--data-dir", str(data)], capture_output=True, text=True, env=subprocess_env(),
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cells = _cells(out)
+    assert not [c for c in cells if _formula(c)]
+    # neutralised, not lost: the text is still there behind the quote
+    assert "'=cmd|' /C calc'!A0" in cells and "'@SUM(A1:A9)" in cells
+    assert f"{len(FORMULAS)} events" in proc.stdout
+
+
+def test_quarantine_report_neutralises_formulas(tmp_path, embedder, settings):
+    from conftest import build
+
+    path = tmp_path / "products.csv"
+    path.write_text("product_id,title,price\nP1,Milk,2.5\nP2,Eggs,=cmd|' /C calc'!A0\n"
+                    "=HYPERLINK(\"http://x\"),Bread,\n")
+    s = settings()
+    build(load_source("csv", path, settings=s), s, embedder)
+    from retrieval.index import read_current
+
+    report = s.data_dir / read_current(s.data_dir)["folder"] / "quarantine.csv"
+    cells = _cells(report)
+    assert len(cells) == 5 * 3 and not [c for c in cells if _formula(c)]
+    assert "'=cmd|' /C calc'!A0" in cells
+
+
+# --- the command line -------------------------------------------------------------------------------
+
+SHOP_PRODUCTS = (
+    "product_id,title,price,department\n"
+    "A1,Spaghetti 500g,1.50,GROCERY\nA2,Tomato pasta sauce,2.25,GROCERY\n"
+    "A3,Parmesan cheese,4.00,DELI\nA4,Garlic bread,2.00,PASTRY\n"
+)
+SHOP_INTERACTIONS = (
+    "user_id,product_id,timestamp,basket_id\n"
+    "shopper-1,A1,2024-03-01,b1\nshopper-1,A2,2024-03-01,b1\nshopper-2,A3,2024-03-02,b2\n"
+)
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory, embedder) -> dict[str, Path]:
+    """A built four-product index, a source folder, and a few broken files."""
+    from conftest import build
+
+    root = tmp_path_factory.mktemp("cli-shop")
+    source = root / "shop"
+    source.mkdir()
+    (source / "products.csv").write_text(SHOP_PRODUCTS)
+    (source / "interactions.csv").write_text(SHOP_INTERACTIONS)
+    data = root / "data"
+    s = Settings(data_dir=data, chroma_url=None)
+    build(load_source("csv", source, settings=s), s, embedder)
+    (root / "utf16.csv").write_bytes(SHOP_PRODUCTS.encode("utf-16"))
+    (root / "ragged.csv").write_text("product_id,title,price\nA1,Milk,1,2,3\n")
+    (root / "empty.csv").write_text("")
+    (root / "notes.txt").write_text("not a data dir")
+    corrupt = root / "corrupt"
+    shutil.copytree(data, corrupt)
+    (corrupt / "current.json").write_text("{ half a pointer")
+    return {"data": data, "root": root, "source": source, "corrupt": corrupt}
+
+
+def bad_cli_calls(shop: dict[str, Path]) -> list[tuple[list[str], str]]:
+    """(argv, a phrase the one-line error must contain)."""
+    data, root = ["--data-dir", str(shop["data"])], shop["root"]
+    return [
+        ([], "required"),
+        (["frobnicate"], "invalid choice"),
+        (["recommend", "--k", "0"], "--k"),
+        (["recommend", "--k", "2.5"], "whole number"),
+        (["recommend", "--budget", "-1"], "--budget"),
+        (["recommend", "--budget", "abc"], "not a number"),
+        (["recommend", "--budget", "nan"], "--budget"),
+        (["recommend", "--weights", "junk"], "name=value"),
+        (["recommend", "--weights", "margin=lots"], "not a number"),
+        (["recommend", "--mode", "psychic"], "invalid choice"),
+        (["recommend", "--min-margin", "abc"], "--min-margin"),
+        (["search"], "query"),
+        (["search", "milk", "--k", "-3"], "--k"),
+        (["search", "milk", "--max-price", "0"], "--max-price"),
+        (["index", "--limit", "0"], "--limit"),
+        (["index", "--map", "title"], "ours=theirs"),
+        (["index", "--source", "excel"], "invalid choice"),
+        (["feedback"], "required"),
+        (["eval", "--protocol", "vibes"], "invalid choice"),
+        # these get past argparse: the commands themselves must refuse cleanly
+        (["recommend", "--no-llm", "--weights", "margin=-1", *data], "non-negative"),
+        (["recommend", "--no-llm", "--weights", "bogus=1", *data], "unknown objective"),
+        (["recommend", "--no-llm", "--weights", "margin=0,sales=0", *data], "zero"),
+        (["recommend", "--no-llm", "--weights", "margin=nan", *data], "finite"),
+        (["recommend", "--no-llm", "--min-margin", "2", *data], "--min-margin"),
+        (["recommend", "--no-llm", "--user", "nobody", *data], "unknown user 'nobody'"),
+        (["recommend", "--no-llm", "--anchor", "NOPE", *data], "unknown anchor"),
+        (["profile", "nobody", *data], "unknown user"),
+        (["search", "milk", "--data-dir", str(root / "never-built")], "bundle-assistant index"),
+        (["search", "milk", "--data-dir", str(root / "notes.txt")], "bundle-assistant index"),
+        (["search", "milk", "--data-dir", str(shop["corrupt"])], "bundle-assistant index"),
+        (["index", "--source", "csv", "--data-dir", str(root / "d1")], "--path"),
+        (["index", "--source", "csv", "--path", str(root / "nope.csv"), "--data-dir", str(root / "d2")],
+         "no such file"),
+        (["index", "--source", "csv", "--path", str(root / "utf16.csv"), "--data-dir", str(root / "d3")], "UTF-8"),
+        (["index", "--source", "csv", "--path", str(root / "ragged.csv"), "--data-dir", str(root / "d4")],
+         "more fields"),
+        (["index", "--source", "csv", "--path", str(root / "empty.csv"), "--data-dir", str(root / "d5")], "empty"),
+        (["index", "--source", "bundlerec", "--path", str(shop["source"]), "--data-dir", str(root / "d6")],
+         "missing file"),
+        (["index", "--source", "csv", "--path", str(shop["source"]), "--margins", str(root / "nope.csv"),
+          "--data-dir", str(root / "d7")], "nope.csv"),
+        (["feedback", "export", "--out", str(root / "events.txt"), *data], ".csv or .parquet"),
+        (["forget", "   ", *data], "empty"),
+    ]
+
+
+def test_every_bad_cli_argument_is_one_line_and_exit_2(shop):
+    calls = bad_cli_calls(shop)
+
+    def run(argv: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run([executable("bundle-assistant"), *argv], capture_output=True, text=True,
+                              env=subprocess_env(), timeout=300)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(run, [argv for argv, _ in calls]))
+    counts["cli calls"] += len(calls)
+    failures = []
+    for (argv, needle), proc in zip(calls, results):
+        errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+        ok = (proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stdout == ""
+              and len(errors) == 1 and needle.lower() in errors[0].lower())
+        if not ok:
+            failures.append(f"{argv}: exit {proc.returncode}\n{proc.stderr[-600:]}")
+    assert not failures, "\n\n".join(failures)
+    # nothing was half-written by a refused index run
+    assert not any((shop["root"] / f"d{i}" / "current.json").exists() for i in range(1, 8))
+
+
+def test_bad_input_figures():
+    """Not a check: the numbers for the issue's report (run with -s to see them)."""
+    print("\nbad inputs tried:", json.dumps(counts))

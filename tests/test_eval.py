@@ -1,0 +1,302 @@
+"""Offline evaluation: leak-free splits, the pieces that turn answers into scores, grouping,
+determinism, and the CLI end to end on tiny real slices of each protocol."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from assistant.grouping import Affinity, ItemGroup, category_overlap, rule_groups, select_disjoint
+from eval import protocols as P
+from eval.baselines import group_by_leaf_category
+from eval.run import objective_with_margin, system_ranking, type_list
+
+BUNDLEREC_CSVS = ("bundle_item.csv", "bundle_intent.csv", "session_item.csv", "session_bundle.csv",
+                  "user_item.csv", "user_bundle.csv", "user_session.csv")
+
+
+# --- splits: no test case can reach the training data -------------------------------------
+
+
+def test_cj_training_part_ignores_everything_in_the_test_weeks(cj_slice) -> None:
+    users = set(cj_slice.interactions["user_id"])
+    raw = P.cj_raw_transactions(users)
+    split = P.cj_completion(cj_slice, raw, seed=0, n_cases=None)
+    train = split.train
+    assert train.interactions["week"].max() <= P.CJ_TRAIN_WEEKS
+    assert set(train.products["product_id"]) == set(train.interactions["product_id"])
+
+    # Scramble the test weeks (other products, 10x prices) and delete them: nothing moves.
+    test = cj_slice.interactions["week"] > P.CJ_TRAIN_WEEKS
+    shuffled = cj_slice.interactions.copy()
+    rng = np.random.default_rng(1)
+    shuffled.loc[test, "product_id"] = rng.permutation(cj_slice.products["product_id"].to_numpy())[: test.sum()]
+    raw_test = raw["week"] > P.CJ_TRAIN_WEEKS
+    raw_scrambled = raw.copy()
+    raw_scrambled.loc[raw_test, "sales_value"] *= 10
+    scrambled = P.Dataset(cj_slice.name, cj_slice.products, shuffled, cj_slice.users, [], {})
+    deleted = P.Dataset(cj_slice.name, cj_slice.products, cj_slice.interactions[~test], cj_slice.users, [], {})
+    expected = P.train_fingerprint(train)
+    assert P.train_fingerprint(P.cj_train(scrambled, raw_scrambled)) == expected
+    assert P.train_fingerprint(P.cj_train(deleted, raw[~raw_test])) == expected
+
+    assert split.cases, "the slice should hold at least one eligible test basket"
+    train_baskets = set(train.interactions["basket_id"])
+    n_baskets = train.interactions.groupby("user_id")["basket_id"].nunique()
+    sellable = set(train.products.loc[train.products["in_stock"], "product_id"])
+    for case in split.cases:
+        assert case.case_id not in train_baskets
+        assert case.anchors[0] in sellable and case.anchors[0] not in case.targets
+        assert len(case.target_types) >= P.CJ_MIN_TYPES - 1 and case.anchor_types[0] not in case.target_types
+        assert n_baskets[case.user_id] >= P.CJ_MIN_TRAIN_BASKETS
+
+
+def _write_without(src: Path, dst: Path, bundles: set[str], sessions: set[str]) -> None:
+    """A BundleRec folder as it would be had ``bundles`` and ``sessions`` never happened."""
+    def read(name: str) -> pd.DataFrame:
+        return pd.read_csv(src / name, dtype=str, keep_default_na=False)
+
+    dst.mkdir()
+    for name in ("item_titles.csv", "item_categories.csv"):
+        shutil.copy2(src / name, dst / name)
+    t = {name: read(name) for name in BUNDLEREC_CSVS}
+    gone = t["user_bundle.csv"][t["user_bundle.csv"]["bundle ID"].isin(bundles)].merge(
+        t["bundle_item.csv"][t["bundle_item.csv"]["bundle ID"].isin(bundles)], on="bundle ID")
+    key = ["user ID", "item ID", "timestamp"]
+    ui = t["user_item.csv"]
+    ui = ui.assign(_n=ui.groupby(key).cumcount()).merge(
+        gone[key].assign(_n=gone.groupby(key).cumcount(), _gone=True), on=[*key, "_n"], how="left")
+    t["user_item.csv"] = ui[ui["_gone"].isna()][key]
+    for name in ("bundle_item.csv", "bundle_intent.csv", "user_bundle.csv", "session_bundle.csv"):
+        t[name] = t[name][~t[name]["bundle ID"].isin(bundles)]
+    for name in ("session_item.csv", "user_session.csv", "session_bundle.csv"):
+        t[name] = t[name][~t[name]["session ID"].isin(sessions)]
+    for name, frame in t.items():
+        frame.to_csv(dst / name, index=False)
+
+
+def _bundles_and_sessions(ds, split) -> tuple[set[str], set[str]]:
+    removed_bundles = set(ds.extras["bundle_item"]["bundle ID"]) - set(split.train.extras["bundle_item"]["bundle ID"])
+    removed_sessions = set(ds.extras["session_item"]["session ID"]) - set(split.train.extras["session_item"]["session ID"])
+    return removed_bundles, removed_sessions
+
+
+def test_bundlerec_completion_training_part_is_what_remains_without_the_test_bundles(
+        bundlerec_dir: Path, tmp_path: Path) -> None:
+    from retrieval.sources import load_source
+
+    ds = load_source("bundlerec", bundlerec_dir)
+    split = P.bundlerec_completion(ds, seed=0)
+    test = {c.case_id for c in split.cases}
+    assert len(test) == round(0.2 * ds.extras["bundle_item"]["bundle ID"].nunique())
+    bundles, sessions = _bundles_and_sessions(ds, split)
+    assert bundles == test
+    sb = ds.extras["session_bundle"]
+    assert sessions == set(sb.loc[sb["bundle ID"].isin(test), "session ID"])
+    assert not any(b.startswith("s") and b[1:] in sessions for b in split.train.interactions["basket_id"])
+
+    _write_without(bundlerec_dir, tmp_path / "without", bundles, sessions)
+    world = load_source("bundlerec", tmp_path / "without")
+    assert P.train_fingerprint(P.bundlerec_holdout(world, bundles, sessions)) == P.train_fingerprint(split.train)
+
+    for case in split.cases:
+        assert len(case.targets) == 1 and case.targets[0] not in case.anchors and case.anchors
+
+
+def test_bundlerec_generation_training_part_is_what_remains_without_the_test_sessions(
+        bundlerec_dir: Path, tmp_path: Path) -> None:
+    from retrieval.sources import load_source
+
+    ds = load_source("bundlerec", bundlerec_dir)
+    split = P.bundlerec_generation(ds, seed=0)
+    bundles, sessions = _bundles_and_sessions(ds, split)
+    assert sessions == {c.case_id for c in split.cases}
+    assert bundles == {b for b, s in zip(ds.extras["session_bundle"]["bundle ID"],
+                                         ds.extras["session_bundle"]["session ID"]) if s in sessions}
+    _write_without(bundlerec_dir, tmp_path / "without", bundles, sessions)
+    world = load_source("bundlerec", tmp_path / "without")
+    assert P.train_fingerprint(P.bundlerec_holdout(world, bundles, sessions)) == P.train_fingerprint(split.train)
+    for case in split.cases:
+        assert all(set(b) <= set(case.items) and len(b) >= 2 for b in case.bundles)
+        assert len(case.intents) == len(case.bundles)
+
+
+def test_case_order_is_a_seeded_permutation_and_prefixes_nest() -> None:
+    keys = [str(i) for i in range(50)]
+    assert P.permuted(keys, 3) == P.permuted(list(reversed(keys)), 3)
+    assert P.permuted(keys, 3) != P.permuted(keys, 4)
+    assert sorted(P.permuted(keys, 3), key=int) == keys
+    assert P.choose_test(keys, 3) == P.permuted(keys, 3)[:10]
+
+
+def test_anti_join_removes_rows_as_a_multiset() -> None:
+    frame = pd.DataFrame({"u": ["1", "1", "1", "2"], "i": ["a", "a", "b", "a"]})
+    remove = pd.DataFrame({"u": ["1", "2", "3"], "i": ["a", "a", "a"]})
+    kept = P._anti_join_rows(frame, remove, ["u", "i"])
+    assert kept.to_dict("records") == [{"u": "1", "i": "a"}, {"u": "1", "i": "b"}]
+
+
+# --- from answers to ranked lists ----------------------------------------------------------
+
+
+def _rec(bundles: list[list[str]], candidates: list[str]):
+    return SimpleNamespace(
+        bundles=[SimpleNamespace(items=[SimpleNamespace(product_id=p) for p in b]) for b in bundles],
+        candidates=[{"product_id": c} for c in candidates])
+
+
+def test_system_list_is_bundle_items_then_candidates_without_anchors_or_repeats() -> None:
+    rec = _rec([["A", "x", "y"], ["A", "y", "z"]], ["A", "w", "x", "v"])
+    assert system_ranking(rec, ["A"]) == ["x", "y", "z", "w", "v"]
+    assert system_ranking(rec, ["A"], depth=2) == ["x", "y"]
+
+
+def test_type_list_keeps_first_distinct_types_and_drops_the_anchor_type() -> None:
+    type_of = {"a": "MILK", "b": "MILK", "c": "EGGS", "d": "", "e": "BREAD", "f": "EGGS"}
+    assert type_list(["a", "b", "c", "d", "e", "f"], type_of, ["EGGS"], cutoff=10) == ["MILK", "BREAD"]
+    assert type_list(["a", "c", "e"], type_of, [], cutoff=2) == ["MILK", "EGGS"]
+
+
+def test_margin_sweep_keeps_the_other_weights_in_proportion() -> None:
+    base = {"preference": 0.4, "complementarity": 0.25, "margin": 0.2, "sales": 0.15}
+    assert objective_with_margin(base, 0.2) == pytest.approx(base)
+    w = objective_with_margin(base, 0.6)
+    assert w["margin"] == 0.6 and sum(w.values()) == pytest.approx(1.0)
+    assert w["preference"] / w["sales"] == pytest.approx(0.4 / 0.15)
+
+
+# --- grouping --------------------------------------------------------------------------------
+
+
+def _catalogue() -> pd.DataFrame:
+    rows = [
+        ("1", "E > Camera > Accessories > Batteries", "Batteries"),
+        ("2", "E > Camera > Accessories > Chargers", "Chargers"),
+        ("3", "E > Computers > Cables > HDMI", "HDMI"),
+        ("4", "E > Computers > Cables > USB", "USB"),
+        ("5", "E > Computers > Cables > USB", "USB"),
+    ]
+    df = pd.DataFrame(rows, columns=["product_id", "category", "product_type"])
+    return df.set_index("product_id", drop=False)
+
+
+def test_category_overlap_counts_shared_leading_levels() -> None:
+    assert category_overlap(["E", "Camera", "Acc"], ["E", "Camera", "Bags", "Big"]) == 0.5
+    assert category_overlap(["E"], []) == 0.0
+    assert category_overlap(["E", "X"], ["E", "X"]) == 1.0
+
+
+def test_rule_grouping_clusters_by_category_and_names_the_shared_level() -> None:
+    cat = _catalogue()
+    paths = {i: cat.at[i, "category"].split(" > ") for i in cat.index}
+    affinity = Affinity(lambda a, b: 0.0, paths)  # no co-purchase evidence: taxonomy alone
+    groups = rule_groups(list(cat.index), affinity, cat, max_size=4, threshold=0.3)
+    assert [(g.item_ids, g.name) for g in groups] == [
+        (("3", "4", "5"), "Cables"), (("1", "2"), "Accessories")]
+    # co-purchase can outweigh the taxonomy: a strong 1–3 pair joins across departments
+    strong = Affinity(lambda a, b: 1.0 if {a, b} == {"1", "3"} else 0.0, paths, npmi_weight=0.9)
+    assert ("1", "3") in [g.item_ids for g in rule_groups(["1", "2", "3"], strong, cat, max_size=2, threshold=0.3)]
+
+
+def test_select_disjoint_prefers_coherent_bundles_and_never_reuses_an_item() -> None:
+    pool = [ItemGroup(item_ids=("1", "2"), name="a", source="rule", coherence=0.5),
+            ItemGroup(item_ids=("2", "3"), name="b", source="llm", coherence=0.9),
+            ItemGroup(item_ids=("4", "5"), name="c", source="llm", coherence=0.5),
+            ItemGroup(item_ids=("1", "4"), name="d", source="rule", coherence=0.1)]
+    assert [g.name for g in select_disjoint(pool, 5)] == ["b", "c"]
+    assert [g.name for g in select_disjoint(pool, 1)] == ["b"]
+
+
+def test_leaf_category_baseline_groups_items_sharing_a_leaf() -> None:
+    groups = group_by_leaf_category(["1", "4", "3", "5", "2"], _catalogue())
+    assert [(g.item_ids, g.name) for g in groups] == [(("4", "5"), "USB")]
+
+
+# --- end to end --------------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> int:
+    from assistant.cli import main
+
+    return main(["eval", *args, "--json"])
+
+
+def _without_timings(path: Path) -> dict:
+    result = json.loads(path.read_text())
+    result.pop("timings")
+    return result
+
+
+@pytest.fixture(scope="module")
+def work_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("eval-work")
+
+
+def test_cli_cj_completion_end_to_end(tmp_path: Path, work_dir: Path, capsys) -> None:
+    assert _cli("--protocol", "cj-completion", "--limit", "5", "--cases", "3", "--variants", "rule",
+                "--out", str(tmp_path), "--work-dir", str(work_dir)) == 0
+    result = json.loads((tmp_path / "cj-completion.json").read_text())
+    assert result["config"]["cases"] == 3 and result["seed"] == 0 and result["git"]["commit"]
+    block = result["blocks"]["all"]
+    assert {"random", "popularity", "cooccurrence", "embedding-nn", "buy-again", "system:rule"} <= set(
+        block["levels"]["type"]["scores"])
+    assert block["levels"]["sku"]["scores"]["system:rule"]["ndcg@10"]["mean"] >= 0
+    assert all(row["invented_product_rate"] == 0 for row in block["beyond_accuracy"].values())
+    assert [p["margin_weight"] for p in result["tradeoff"]["points"]] == [0.0, 0.2, 0.4, 0.6, 0.8]
+    assert "**" in (tmp_path / "cj-completion.md").read_text()
+    assert (tmp_path / "cj-completion-margin-tradeoff.png").stat().st_size > 0
+    assert (tmp_path / "cj-completion-type-bars.png").stat().st_size > 0
+
+
+def test_cli_bundlerec_completion_end_to_end_and_deterministic(
+        bundlerec_trimmed: Path, tmp_path: Path, work_dir: Path) -> None:
+    runs = []
+    for build in ("a", "b"):  # two separate index builds, same seed
+        assert _cli("--protocol", "bundlerec-completion", "--data-dir", str(bundlerec_trimmed),
+                    "--variants", "rule", "--seed", "7", "--out", str(tmp_path / "out"),
+                    "--work-dir", str(tmp_path / f"work-{build}")) == 0
+        runs.append(_without_timings(tmp_path / "out" / "bundlerec-completion.json"))
+    first = runs[0]
+    assert runs[0] == runs[1]
+    scores = first["blocks"]["all"]["levels"]["sku"]["scores"]
+    assert set(scores) == {"random", "popularity", "cooccurrence", "embedding-nn", "system:rule"}
+    assert first["split"]["test_bundles"] == round(0.2 * first["split"]["bundles"])
+    assert first["blocks"]["all"]["levels"]["sku"]["tests_vs_best_baseline"]["system:rule"]["mrr"]["t_test"] is not None
+
+    assert _cli("--protocol", "bundlerec-completion", "--data-dir", str(bundlerec_trimmed),
+                "--variants", "rule", "--seed", "8", "--out", str(tmp_path / "c"),
+                "--work-dir", str(work_dir)) == 0
+    other = json.loads((tmp_path / "c" / "bundlerec-completion.json").read_text())
+    assert other["index"]["train_fingerprint"] != first["index"]["train_fingerprint"]
+
+
+@pytest.mark.llm
+def test_cli_bundlerec_generation_end_to_end_with_one_llm_call(
+        bundlerec_trimmed: Path, tmp_path: Path, work_dir: Path) -> None:
+    assert _cli("--protocol", "bundlerec-generation", "--data-dir", str(bundlerec_trimmed),
+                "--variants", "rule,llm,llm+rule", "--llm-cases", "1", "--out", str(tmp_path),
+                "--work-dir", str(work_dir)) == 0
+    result = json.loads((tmp_path / "bundlerec-generation.json").read_text())
+    scores = result["blocks"]["all"]["scores"]
+    assert set(scores) >= {"leaf-category", "system:rule"}
+    for row in scores.values():
+        assert row["invented_product_rate"] == 0
+        assert 0 <= row["precision"]["mean"] <= 1
+    subset = result["blocks"].get("llm_subset", result["blocks"]["all"])["scores"]
+    assert subset["system:llm"]["llm_calls"] == 1 and subset["system:llm+rule"]["llm_calls"] == 1
+    assert result["timings"]["llm_generations"] == 1  # llm+rule reused the llm variant's answer
+    assert result["sample"] and result["sample"][0]["ground_truth"]
+    md = (tmp_path / "bundlerec-generation.md").read_text()
+    assert "intent names beside the ground truth" in md
+
+
+def test_cli_rejects_unknown_variants_and_missing_data_dir(tmp_path: Path, capsys) -> None:
+    assert _cli("--protocol", "bundlerec-generation", "--variants", "rule,gpt") == 2
+    assert _cli("--protocol", "bundlerec-generation", "--data-dir", str(tmp_path / "nope")) == 2
+    assert "error" in capsys.readouterr().err
