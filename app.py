@@ -545,9 +545,9 @@ def build_app(
                     weights_md = gr.Markdown(weights_text(*(default_weights[c] for c in OBJECTIVE_COMPONENTS)))
                     with gr.Row():
                         min_margin = gr.Slider(0, 0.6, value=0, step=0.01, label="Minimum margin after discount")
-                        max_price = gr.Number(label="Bundle price up to ($)", value=None, minimum=0, placeholder="any")
-                        min_unit = gr.Number(label="Item price from ($)", value=None, minimum=0, placeholder="any")
-                        max_unit = gr.Number(label="Item price to ($)", value=None, minimum=0, placeholder="any")
+                        max_price = gr.Number(label="Bundle price up to ($, 0 = any)", value=0, minimum=0)
+                        min_unit = gr.Number(label="Item price from ($, 0 = any)", value=0, minimum=0)
+                        max_unit = gr.Number(label="Item price to ($, 0 = any)", value=0, minimum=0)
                     with gr.Row():
                         depts = gr.Dropdown(departments, multiselect=True, label="Departments (empty: all)")
                         pins = gr.Textbox(label="Pin product ids (in every bundle)", max_lines=1)
@@ -555,8 +555,8 @@ def build_app(
                         k = gr.Slider(1, 30, value=10, step=1, label="Bundles")
                     generate = gr.Button("Generate bundles", variant="primary")
                     merch_status = gr.Markdown()
-                    results = gr.Dataframe(label="Bundles with every score component", wrap=True, max_height=420,
-                                           column_widths=RESULT_COLUMN_WIDTHS)
+                    results = gr.Dataframe(label="Bundles with every score component", max_height=420,
+                                           pinned_columns=2)
                     with gr.Row():
                         plot = gr.ScatterPlot(x="preference", y="margin", color="source",
                                               tooltip=["rank", "name", "score"],
@@ -581,9 +581,6 @@ def build_app(
                                [results, plot, csv_file, merch_status], api_name="merch_generate")
                 search_btn.click(merch_search, [search_query, auth_state], search_results, api_name="merch_search")
     return demo
-
-
-RESULT_COLUMN_WIDTHS = ["60px", "180px", *["100px"] * 15, "520px", "200px"]
 
 
 def results_frame(bundles: list[ShownBundle]) -> pd.DataFrame:

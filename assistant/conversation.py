@@ -68,6 +68,7 @@ EMPTY_MESSAGE_REPLY = (
     "or “a quick breakfast”."
 )
 FALLBACK_INTRO = "Here are a few bundles I put together for you."
+LLM_BUSY_NOTE = "The assistant's language model is busy with other shoppers; showing rule-based bundles."
 ERROR_REPLY = "Sorry, something went wrong while I was looking for bundles. Please try again."
 
 # A small model's intro is dropped (the deterministic sentence is used instead) when it
@@ -291,14 +292,34 @@ def _llm_busy(llm: Any) -> bool:
     return bool(lock is not None and lock.locked())
 
 
+# Worked examples, sent as earlier chat turns in the reply_intro format. Without them
+# SmolLM2-135M answers most requests with "I'm sorry for your loss, but as a grocery
+# shopping assistant..."; with them it writes a usable one-liner most of the time.
+INTRO_EXAMPLES: tuple[tuple[str, str], ...] = (
+    ("lunch for the kids", "Here are some easy lunch bundles the kids will love!"),
+    ("bbq party, no pork", "Fire up the grill: these bundles have your cookout covered!"),
+    ("cheaper (for pasta night)", "Here are some thriftier bundles that still make a great pasta night!"),
+)
+
+
+def intro_messages(request: str) -> list[dict[str, str]]:
+    """The reply_intro prompt with :data:`INTRO_EXAMPLES` as few-shot turns."""
+    system, user = render("reply_intro", request=fence(request, 300) or "some bundle ideas")
+    shots: list[dict[str, str]] = []
+    for example, answer in INTRO_EXAMPLES:
+        shots += [render("reply_intro", request=example)[1], {"role": "assistant", "content": answer}]
+    return [system, *shots, user]
+
+
 def stream_intro(llm: Any, request: str, timeout_s: float = INTRO_TIMEOUT_S,
                  max_new_tokens: int = INTRO_MAX_TOKENS) -> Iterator[str]:
     """Yield the intro so far (cumulative text), one sentence at most.
 
-    Raises ValueError when the model's text is unusable (a refusal, numbers, prices),
-    and :class:`~assistant.llm.LLMError` when the model fails; the caller falls back.
+    Raises ValueError when the model's text is unusable (a refusal, numbers, prices,
+    cut off), and :class:`~assistant.llm.LLMError` when the model fails; the caller
+    falls back to :func:`fallback_intro`.
     """
-    messages = render("reply_intro", request=fence(request, 300) or "some bundle ideas")
+    messages = intro_messages(request)
     text = ""
     stream = llm.stream(messages, max_new_tokens=max_new_tokens, timeout_s=timeout_s)
     try:
@@ -481,7 +502,7 @@ class Conversation:
         try:
             first: Future[Recommendation] = pool.submit(self._recommend, request, "rule")
             intro, source = "", ""
-            for intro, source in self._intro(text, request.understood):
+            for intro, source in self._intro(request.intro_request, request.understood):
                 yield Reply(phase="intro", text=intro, intro_source=source, **base)
             try:
                 rec = first.result()
@@ -497,6 +518,11 @@ class Conversation:
             return
         reply = self._show(rec, intro, source, request, "cards", recorded)
         yield reply
+        if self._llm_is_busy():
+            # Queueing behind another session's generation mostly ends in the time limit
+            # anyway; the rule bundles on screen are the answer.
+            yield self._finish(reply, notes=[*reply.notes, LLM_BUSY_NOTE])
+            return
         try:
             merged = self._recommend(request, "llm+rule")
         except Exception:
@@ -513,6 +539,12 @@ class Conversation:
     def _finish(reply: Reply, **changes: Any) -> Reply:
         # A new object: a UI may still hold the previous one.
         return dataclasses.replace(reply, phase="final", done=True, **changes)
+
+    def _llm_is_busy(self) -> bool:
+        try:
+            return _llm_busy(self.assistant.llm)
+        except Exception:  # a model that cannot load: the service notes the fallback
+            return False
 
     def _intro(self, text: str, understood: list[str]) -> Iterator[tuple[str, str]]:
         """(intro so far, "llm" or "fallback")."""
@@ -637,7 +669,16 @@ class Conversation:
             query_parts.append("healthy")
         query = " ".join(p for p in query_parts if p).strip()
         return _Request(query=query, anchors=tuple(anchors), constraints=constraints,
-                        understood=describe_request(state, extra), notes=notes)
+                        understood=describe_request(state, extra), notes=notes,
+                        intro_request=self._intro_request(state))
+
+    def _intro_request(self, state: ConstraintState) -> str:
+        """The message, with the need it refines when it names none ("cheaper" ->
+        "cheaper (for taco night)"), so the intro knows what it is about."""
+        text = state.history[-1] if state.history else ""
+        if state.need and state.need not in text.lower():
+            return f"{text} (for {state.need})"
+        return text
 
     def _find_shown(self, term: str) -> tuple[ShownBundle, str] | None:
         """The most recently shown bundle with an item matching ``term``, and that item."""
@@ -667,3 +708,4 @@ class _Request:
     constraints: Constraints
     understood: list[str]
     notes: list[str] = field(default_factory=list)
+    intro_request: str = ""

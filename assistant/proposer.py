@@ -8,9 +8,11 @@ dropped, and the reranker decides what is shown.
 
 from __future__ import annotations
 
+import re
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, Literal, TypeVar
 
 import pandas as pd
 from pydantic import BaseModel, Field, create_model
@@ -19,11 +21,13 @@ from prompts import fence, render
 from retrieval.candidates import Candidate
 from retrieval.schema import Constraints
 
-from .llm import LLM, LLMError
+from .llm import LLM, LLMError, LLMTimeout
 from .reranker import BundleCandidate
 
 NAME_MAX = 32
 REASON_MAX = 60
+DEADLINE_GRACE_S = 0.5  # past the model's own time limit, before the call is abandoned
+T = TypeVar("T")
 
 
 def proposal_schema(numbers: list[str], n_bundles: int, min_size: int, max_size: int) -> type[BaseModel]:
@@ -128,14 +132,16 @@ def propose_with_llm(
     messages = render(template, candidates=candidates, n_bundles=n_bundles, max_size=max_size, **values)
     start = time.perf_counter()
     try:
-        result = llm.generate_structured(messages, schema, max_new_tokens=max_new_tokens, timeout_s=timeout_s)
-    except LLMError as exc:
-        report.error, report.fallback = str(exc), True
+        result = within(timeout_s + DEADLINE_GRACE_S, lambda: llm.generate_structured(
+            messages, schema, max_new_tokens=max_new_tokens, timeout_s=timeout_s))
+        raw_bundles = _partial_bundles(result)
+        report.new_tokens = int(result.new_tokens)
+    except Exception as exc:  # LLMError, a hung or broken backend, an answer of the wrong type
+        report.error = str(exc) if isinstance(exc, LLMError) else f"model error ({type(exc).__name__})"
+        report.fallback = True
         report.latency_s = round(time.perf_counter() - start, 3)
         return Proposals([], report)
     report.latency_s = round(time.perf_counter() - start, 3)
-    report.new_tokens = result.new_tokens
-    raw_bundles = _partial_bundles(result)
     if result.timed_out and not raw_bundles:
         report.error = f"LLM timed out after {timeout_s:.0f}s"
     elif not raw_bundles:
@@ -147,11 +153,56 @@ def propose_with_llm(
         if ids is None:
             continue
         report.valid_before_repair += 0 if changed else 1
-        out.append(BundleCandidate(item_ids=ids, source="llm", name=fence(bundle.get("name", ""), NAME_MAX),
-                                   llm_reason=fence(bundle.get("reason", ""), REASON_MAX)))
+        system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
+        out.append(BundleCandidate(item_ids=ids, source="llm",
+                                   name=model_text(bundle.get("name", ""), NAME_MAX, system),
+                                   llm_reason=model_text(bundle.get("reason", ""), REASON_MAX, system)))
     report.valid = len(out)
     report.fallback = not out
     return Proposals(out, report)
+
+
+def within(seconds: float, call: Callable[[], T]) -> T:
+    """``call()``, or :class:`LLMTimeout` once ``seconds`` pass. The model stops itself at
+    its own deadline; this guards against a backend that never returns (a stuck kernel, a
+    deadlock), whose thread is left behind as a daemon rather than holding the reply."""
+    box: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            box["result"] = call()
+        except BaseException as exc:  # handed to the caller's thread below
+            box["error"] = exc
+
+    worker = threading.Thread(target=work, name="llm-call", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise LLMTimeout(f"the model gave no answer within {seconds:.0f}s")
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["result"]  # type: ignore[return-value]
+
+
+# Prices come from the catalogue only; model-written text that states one can only disagree.
+_MONEY = re.compile(r"[$€£¥]|\d\s*%|\b(?:dollars?|usd|cents?|prices?|priced|costs?|discount(?:ed)?)\b"
+                    r"|(?<!-)\bfree\b(?!-)", re.I)  # "for free", not "hands-free"
+_DIET_FREE = re.compile(r"\b(?:gluten|dairy|sugar|fat|nut|lactose|egg|soy|caffeine|meat|alcohol|cage|range|"
+                        r"grain|salt|sodium|cruelty)[- ]free\b", re.I)
+
+
+def _shingles(text: str, n: int = 5) -> set[tuple[str, ...]]:
+    words = re.findall(r"[a-z']+", text.lower())
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def model_text(text: object, limit: int, system_prompt: str = "") -> str:
+    """A model-written name or reason as the shopper may see it: fenced, and blank when it
+    states a price or repeats five words in a row of the hidden system prompt."""
+    value = fence(text, limit)
+    if _MONEY.search(_DIET_FREE.sub(" ", value)) or _shingles(value) & _shingles(system_prompt):
+        return ""
+    return value
 
 
 def _partial_bundles(result) -> list[dict]:
@@ -225,7 +276,9 @@ def _grow(items: list[str], pool: list[Candidate], size: int, pair_npmi, price, 
         best, best_score = None, None
         for cand in pool:
             pid = cand.product_id
-            if pid in items or ptype.get(pid) in {ptype.get(i) for i in items}:
+            # one of each product type; an unknown (empty) type is no type, or a catalogue
+            # without categories could never grow a bundle past its seed
+            if pid in items or (ptype.get(pid) and ptype.get(pid) in {ptype.get(i) for i in items}):
                 continue
             cost = price.get(pid, float("nan"))
             if budget is not None and (cost != cost or total + cost > budget):

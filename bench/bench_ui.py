@@ -10,7 +10,8 @@ records, from the moment the message is submitted:
 * ``first_llm_token``: the first update whose text came from the LLM (turns where the
   intro fell back have none);
 * ``first_card``: the first update with a bundle card;
-* ``turn``: the last update (LLM proposals merged and reranked).
+* ``turn``: the last update (LLM proposals merged and reranked, or the rule cards
+  kept when the one shared model is busy with another session).
 
 With 1 and with 5 concurrent sessions. Targets on a 2-core CPU with the LLM on: first
 visible text <= 2 s, first bundle card <= 5 s. Writes bench/results/ui.json.
@@ -77,6 +78,7 @@ def turn(client, message: str, persona: str) -> dict:
     llm = last.get("llm") or {}
     return {**marks, "message": message, "bundles": len(last.get("bundles", [])),
             "intro": last.get("intro_source"), "llm_fallback": bool(llm.get("fallback")),
+            "llm_busy": any("busy" in n for n in last.get("notes", [])),
             "llm_error": llm.get("error", "")}
 
 
@@ -99,6 +101,7 @@ def scenario(url: str, personas: list[str], sessions: int, turns: int) -> dict:
         **{f"{k}_s": v for k, v in summary.items()},
         "intro_from_llm": sum(r["intro"] == "llm" for r in rows), "turns": len(rows),
         "llm_fallbacks": sum(r["llm_fallback"] for r in rows),
+        "llm_skipped_busy": sum(r["llm_busy"] for r in rows),
         "llm_errors": sorted({r["llm_error"] for r in rows if r["llm_error"]}),
         "turns_without_bundles": sum(r["bundles"] == 0 for r in rows),
     }

@@ -6,6 +6,7 @@ merchandiser can type ``margin=2, sales=1`` and get ``margin=0.667, sales=0.333`
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -14,8 +15,9 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 
 def _normalise(weights: dict[str, float], name: str) -> dict[str, float]:
-    if any(w < 0 for w in weights.values()):
-        raise ValueError(f"{name} weights must be non-negative, got {weights}")
+    # NaN passes "< 0" and would turn every score into NaN; inf would make the others 0/inf
+    if any(not math.isfinite(w) or w < 0 for w in weights.values()):
+        raise ValueError(f"{name} weights must be finite and non-negative, got {weights}")
     total = sum(weights.values())
     if total <= 0:
         raise ValueError(f"{name} weights must not all be zero")

@@ -76,8 +76,17 @@ def _write_json_atomic(path: Path, payload: dict) -> None:
 
 
 def read_current(data_dir: Path) -> dict | None:
+    """The pointer to the serving build, or None when there is none. A damaged pointer
+    counts as none, so that `bundle-assistant index` (the fix) can rebuild over it."""
     path = Path(data_dir) / "current.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        pointer = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    needed = {"build_id", "folder", "source", "products_collection", "profiles_collection"}
+    return pointer if isinstance(pointer, dict) and needed <= pointer.keys() else None
 
 
 def build_index(

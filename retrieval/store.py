@@ -11,8 +11,9 @@ download a model) never runs.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 from urllib.parse import urlparse
 
 import numpy as np
@@ -21,6 +22,18 @@ from tqdm.auto import tqdm
 
 class StoreUnavailable(RuntimeError):
     """Chroma cannot be reached or opened; the message says what to run."""
+
+
+# chromadb's HTTP client waits forever by default: a frozen server would hang every request.
+SERVER_TIMEOUT_S = 30.0  # a healthy server answers a query in milliseconds, a 5000-row upsert in seconds
+SERVER_CONNECT_TIMEOUT_S = 5.0
+
+
+def _transport_error(exc: BaseException) -> bool:
+    """The server is down, frozen or unreachable (as opposed to a bad request)."""
+    import httpx
+
+    return isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError))
 
 
 def _client(data_dir: Path, url: str | None):
@@ -35,6 +48,11 @@ def _client(data_dir: Path, url: str | None):
                 host=parsed.hostname or "127.0.0.1", port=parsed.port or 8000,
                 ssl=parsed.scheme == "https", settings=chroma_settings,
             )
+            session = getattr(getattr(client, "_server", None), "_session", None)
+            if session is not None:
+                import httpx
+
+                session.timeout = httpx.Timeout(SERVER_TIMEOUT_S, connect=SERVER_CONNECT_TIMEOUT_S)
             client.heartbeat()
         except Exception as exc:  # the client raises several unrelated types
             raise StoreUnavailable(
@@ -76,16 +94,37 @@ class ChromaStore:
         self.url = url
         self.client = _client(self.data_dir, url)
 
+    @contextmanager
+    def _reaching(self) -> Iterator[None]:
+        """Turn a lost server (killed, frozen, unreachable) into :class:`StoreUnavailable`
+        that says what to run; the next request after it is back works again."""
+        try:
+            yield
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            if not (self.url and _transport_error(exc)):
+                raise
+            parsed = urlparse(self.url if "://" in self.url else f"http://{self.url}")
+            raise StoreUnavailable(
+                f"lost the Chroma server at {self.url} ({exc.__class__.__name__}: {exc}); start it again with "
+                f"`chroma run --path DIR --host {parsed.hostname} --port {parsed.port or 8000}` and retry"
+            ) from exc
+
     def create(self, name: str):
         """A fresh, empty cosine collection (any leftover of the same name is dropped)."""
         self.drop(name)
-        return self.client.create_collection(
-            name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
-        )
+        with self._reaching():
+            return self.client.create_collection(
+                name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
+            )
 
     def get(self, name: str):
         try:
-            return self.client.get_collection(name, embedding_function=None)
+            with self._reaching():
+                return self.client.get_collection(name, embedding_function=None)
+        except StoreUnavailable:
+            raise
         except Exception as exc:
             raise StoreUnavailable(
                 f"collection '{name}' is not in the Chroma store ({exc}); run `bundle-assistant index`"
@@ -98,7 +137,8 @@ class ChromaStore:
             pass  # absent already
 
     def collections(self) -> list[str]:
-        return [c if isinstance(c, str) else c.name for c in self.client.list_collections()]
+        with self._reaching():
+            return [c if isinstance(c, str) else c.name for c in self.client.list_collections()]
 
     def upsert(
         self,
@@ -111,28 +151,31 @@ class ChromaStore:
         desc: str = "chroma",
     ) -> None:
         collection = self.get(name)
-        batch = max(1, min(self.client.get_max_batch_size(), 5000))
+        with self._reaching():
+            batch = max(1, min(self.client.get_max_batch_size(), 5000))
         starts = range(0, len(ids), batch)
         for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
             end = start + batch
-            collection.upsert(
-                ids=list(ids[start:end]),
-                embeddings=np.asarray(embeddings[start:end], dtype=np.float32),
-                metadatas=[_clean_metadata(m) for m in metadatas[start:end]],
-                documents=list(documents[start:end]) if documents is not None else None,
-            )
+            with self._reaching():
+                collection.upsert(
+                    ids=list(ids[start:end]),
+                    embeddings=np.asarray(embeddings[start:end], dtype=np.float32),
+                    metadatas=[_clean_metadata(m) for m in metadatas[start:end]],
+                    documents=list(documents[start:end]) if documents is not None else None,
+                )
 
     def query(
         self, name: str, embedding: np.ndarray, k: int, where: dict[str, Any] | None = None
     ) -> list[tuple[str, float, dict[str, Any]]]:
         """(id, cosine similarity, metadata) for the ``k`` nearest, best first; ties by id."""
         collection = self.get(name)
-        result = collection.query(
-            query_embeddings=[np.asarray(embedding, dtype=np.float32)],
-            n_results=max(1, k),
-            where=where or None,
-            include=["metadatas", "distances"],
-        )
+        with self._reaching():
+            result = collection.query(
+                query_embeddings=[np.asarray(embedding, dtype=np.float32)],
+                n_results=max(1, k),
+                where=where or None,
+                include=["metadatas", "distances"],
+            )
         ids = result["ids"][0]
         sims = [1.0 - float(d) for d in result["distances"][0]]
         metas = result["metadatas"][0] if result.get("metadatas") else [{}] * len(ids)
@@ -145,7 +188,9 @@ class ChromaStore:
         if not ids:
             return {}
         include = ["metadatas", "embeddings"] if with_embeddings else ["metadatas"]
-        got = self.get(name).get(ids=ids, include=include)
+        collection = self.get(name)
+        with self._reaching():
+            got = collection.get(ids=ids, include=include)
         out = {}
         for i, pid in enumerate(got["ids"]):
             record = {"metadata": got["metadatas"][i]}
@@ -155,7 +200,9 @@ class ChromaStore:
         return out
 
     def count(self, name: str) -> int:
-        return self.get(name).count()
+        collection = self.get(name)
+        with self._reaching():
+            return collection.count()
 
 
 def where_clause(

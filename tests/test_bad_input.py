@@ -557,34 +557,39 @@ def shop(tmp_path_factory, embedder) -> dict[str, Path]:
     return {"data": data, "root": root, "source": source, "corrupt": corrupt}
 
 
-def bad_cli_calls(shop: dict[str, Path]) -> list[tuple[list[str], str]]:
-    """(argv, a phrase the one-line error must contain)."""
+# refused by argparse itself: cheap to start, so every one runs as a real process
+ARGPARSE_REFUSALS: list[tuple[list[str], str]] = [
+    ([], "required"),
+    (["frobnicate"], "invalid choice"),
+    (["recommend", "--k", "0"], "--k"),
+    (["recommend", "--k", "2.5"], "whole number"),
+    (["recommend", "--budget", "-1"], "--budget"),
+    (["recommend", "--budget", "abc"], "not a number"),
+    (["recommend", "--budget", "nan"], "--budget"),
+    (["recommend", "--weights", "junk"], "name=value"),
+    (["recommend", "--weights", "margin=lots"], "not a number"),
+    (["recommend", "--mode", "psychic"], "invalid choice"),
+    (["recommend", "--min-margin", "abc"], "--min-margin"),
+    (["search"], "query"),
+    (["search", "milk", "--k", "-3"], "--k"),
+    (["search", "milk", "--max-price", "0"], "--max-price"),
+    (["index", "--limit", "0"], "--limit"),
+    (["index", "--map", "title"], "ours=theirs"),
+    (["index", "--source", "excel"], "invalid choice"),
+    (["feedback"], "required"),
+    (["eval", "--protocol", "vibes"], "invalid choice"),
+]
+
+
+def command_refusals(shop: dict[str, Path]) -> list[tuple[list[str], str]]:
+    """Arguments argparse accepts that the commands themselves must refuse cleanly."""
     data, root = ["--data-dir", str(shop["data"])], shop["root"]
     return [
-        ([], "required"),
-        (["frobnicate"], "invalid choice"),
-        (["recommend", "--k", "0"], "--k"),
-        (["recommend", "--k", "2.5"], "whole number"),
-        (["recommend", "--budget", "-1"], "--budget"),
-        (["recommend", "--budget", "abc"], "not a number"),
-        (["recommend", "--budget", "nan"], "--budget"),
-        (["recommend", "--weights", "junk"], "name=value"),
-        (["recommend", "--weights", "margin=lots"], "not a number"),
-        (["recommend", "--mode", "psychic"], "invalid choice"),
-        (["recommend", "--min-margin", "abc"], "--min-margin"),
-        (["search"], "query"),
-        (["search", "milk", "--k", "-3"], "--k"),
-        (["search", "milk", "--max-price", "0"], "--max-price"),
-        (["index", "--limit", "0"], "--limit"),
-        (["index", "--map", "title"], "ours=theirs"),
-        (["index", "--source", "excel"], "invalid choice"),
-        (["feedback"], "required"),
-        (["eval", "--protocol", "vibes"], "invalid choice"),
-        # these get past argparse: the commands themselves must refuse cleanly
         (["recommend", "--no-llm", "--weights", "margin=-1", *data], "non-negative"),
         (["recommend", "--no-llm", "--weights", "bogus=1", *data], "unknown objective"),
         (["recommend", "--no-llm", "--weights", "margin=0,sales=0", *data], "zero"),
         (["recommend", "--no-llm", "--weights", "margin=nan", *data], "finite"),
+        (["recommend", "--no-llm", "--weights", "margin=inf", *data], "finite"),
         (["recommend", "--no-llm", "--min-margin", "2", *data], "--min-margin"),
         (["recommend", "--no-llm", "--user", "nobody", *data], "unknown user 'nobody'"),
         (["recommend", "--no-llm", "--anchor", "NOPE", *data], "unknown anchor"),
@@ -608,8 +613,21 @@ def bad_cli_calls(shop: dict[str, Path]) -> list[tuple[list[str], str]]:
     ]
 
 
-def test_every_bad_cli_argument_is_one_line_and_exit_2(shop):
-    calls = bad_cli_calls(shop)
+def one_line_refusal(code: int, out: str, err: str, needle: str) -> str | None:
+    """None when the refusal is right: exit 2, nothing on stdout, one error line naming it."""
+    errors = [line for line in err.splitlines() if "error:" in line]
+    if (code == 2 and "Traceback" not in err and out == "" and len(errors) == 1
+            and needle.lower() in errors[0].lower()):
+        return None
+    return f"exit {code}\n{err[-600:]}"
+
+
+def test_bad_arguments_in_real_processes(shop):
+    """The console script itself: every argparse refusal, and a few of each command's own
+    (those start the whole stack, ~5 s each on 2 cores, so the rest run in-process below)."""
+    heavy = [c for c in command_refusals(shop) if c[1] in ("non-negative", "unknown user 'nobody'", "UTF-8",
+                                                          "--path", ".csv or .parquet")]
+    calls = ARGPARSE_REFUSALS + heavy
 
     def run(argv: list[str]) -> subprocess.CompletedProcess:
         return subprocess.run([executable("bundle-assistant"), *argv], capture_output=True, text=True,
@@ -618,15 +636,27 @@ def test_every_bad_cli_argument_is_one_line_and_exit_2(shop):
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(run, [argv for argv, _ in calls]))
     counts["cli calls"] += len(calls)
-    failures = []
-    for (argv, needle), proc in zip(calls, results):
-        errors = [line for line in proc.stderr.splitlines() if "error:" in line]
-        ok = (proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stdout == ""
-              and len(errors) == 1 and needle.lower() in errors[0].lower())
-        if not ok:
-            failures.append(f"{argv}: exit {proc.returncode}\n{proc.stderr[-600:]}")
+    failures = [f"{argv}: {problem}" for (argv, needle), proc in zip(calls, results)
+                if (problem := one_line_refusal(proc.returncode, proc.stdout, proc.stderr, needle))]
     assert not failures, "\n\n".join(failures)
-    # nothing was half-written by a refused index run
+
+
+def test_every_bad_command_argument_is_one_line_and_exit_2(shop, capsys):
+    from assistant.cli import main
+
+    calls = command_refusals(shop)
+    failures = []
+    for argv, needle in calls:
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+        out, err = capsys.readouterr()
+        if problem := one_line_refusal(code, out, err, needle):
+            failures.append(f"{argv}: {problem}")
+    counts["cli calls"] += len(calls)
+    assert not failures, "\n\n".join(failures)
+    # a refused index run wrote no pointer
     assert not any((shop["root"] / f"d{i}" / "current.json").exists() for i in range(1, 8))
 
 

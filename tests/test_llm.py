@@ -138,8 +138,10 @@ def test_a_tiny_timeout_cuts_generation_short(llm: LLM) -> None:
     start = time.monotonic()
     out = llm.chat([{"role": "user", "content": "Write a long story."}], 300, timeout_s=0.05)
     assert out.timed_out
-    assert out.new_tokens < 30  # ~20 tokens/s on 2 idle cores
-    assert time.monotonic() - start < 5
+    # The deadline is checked after every token, so it stops within the first few
+    # whatever the CPU load (the prompt's forward pass alone outlasts 50 ms).
+    assert out.new_tokens <= 5, out
+    assert time.monotonic() - start < 30  # 300 tokens would take ~15 s even on idle cores
 
 
 def _pick_model(ids: list[str]) -> type[BaseModel]:
