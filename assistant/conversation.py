@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_CHARS = 500
 MAX_REASON_CHARS = 300
 DEFAULT_CARDS = 3
-SPARE_BUNDLES = 3  # asked for beyond the cards, to replace look-alikes
 MAX_HISTORY_SETS = 20  # bundle sets kept for "swap the salsa" look-ups
 INTRO_MAX_TOKENS = 40
 INTRO_TIMEOUT_S = 6.0
@@ -587,19 +586,8 @@ class Conversation:
                      profile_summary=rec.profile_summary, intro_source=intro_source, recommendation=rec)
 
     def _visible(self, rec: Recommendation) -> list[ShownBundle]:
-        """The cards to show: bundles that look the same to a shopper (the same titles,
-        e.g. two sizes of one product) count once; ranks are renumbered 1..n."""
-        seen: set[tuple[str, ...]] = set()
-        out: list[ShownBundle] = []
-        for b in rec.bundles:
-            looks = tuple(sorted(i.title.lower() for i in b.items))
-            if looks in seen:
-                continue
-            seen.add(looks)
-            out.append(b if b.rank == len(out) + 1 else b.model_copy(update={"rank": len(out) + 1}))
-            if len(out) == self.cards:
-                break
-        return out
+        # The reranker already drops look-alikes (other SKUs of the same titles).
+        return list(rec.bundles[: self.cards])
 
     # -- understanding ----------------------------------------------------------------
 
@@ -694,7 +682,7 @@ class Conversation:
         start = time.perf_counter()
         rec = self.assistant.recommend(
             query=request.query, anchors=request.anchors, constraints=request.constraints,
-            k=self.cards + SPARE_BUNDLES, mode=mode, profile=self.profile(signal),
+            k=self.cards, mode=mode, profile=self.profile(signal),
             boosted=self.boosted(signal), demoted=self.demoted(signal),
         )
         log.debug("recommend %s in %.2fs", mode, time.perf_counter() - start)

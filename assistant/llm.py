@@ -405,6 +405,12 @@ class LLM:
             f"load_seconds={self.load_seconds:.2f})"
         )
 
+    @property
+    def busy(self) -> bool:
+        """Whether a generation holds the model now: a hint for callers that would rather
+        fall back at once than wait their turn (it can change right after it is read)."""
+        return self._lock.locked()
+
     # -- plumbing
 
     def _encode(self, messages: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:

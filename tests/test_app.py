@@ -6,7 +6,6 @@ from __future__ import annotations
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
@@ -14,7 +13,7 @@ import pytest
 from gradio_client import Client
 
 import app
-from assistant.constraints import EXCLUSION_GROUPS, expand_exclusions, mentions
+from assistant.constraints import expand_exclusions, mentions
 from assistant.feedback import FeedbackStore
 from assistant.llm import flatten_content
 from retrieval.config import OBJECTIVE_COMPONENTS

@@ -67,7 +67,7 @@ def test_turn_streams_intro_then_cards_within_budget_and_exclusions(conv, cj_ass
             assert mentions(f"{row['title']} {row['category']}", DAIRY) is None
     assert reply.profile_summary == cj_assistant.profile(HOUSEHOLD).summary
     assert conv.shown == reply.bundles
-    # look-alikes (two sizes of the same products) are shown once, ranks renumbered
+    # look-alikes (other SKUs of the same titles) are shown once
     looks = [tuple(sorted(i.title for i in b.items)) for b in reply.bundles]
     assert len(set(looks)) == len(looks) and [b.rank for b in reply.bundles] == list(range(1, len(looks) + 1))
 

@@ -113,10 +113,13 @@ def test_stream_joins_to_the_chat_answer(llm: LLM, fruits) -> None:
 
 def test_a_busy_model_times_out_and_a_closed_stream_frees_it(llm: LLM, fruits) -> None:
     stream = llm.stream([{"role": "user", "content": "Write a long story."}], 400, LIMIT_S)
+    assert not llm.busy
     next(stream)  # the worker now holds the model
+    assert llm.busy
     with pytest.raises(LLMTimeout):
         llm.chat(FRUITS, max_new_tokens=4, timeout_s=0.2)
     stream.close()  # cancels generation after the current token
+    assert not llm.busy
     assert llm.chat(FRUITS, max_new_tokens=24, timeout_s=LIMIT_S).text == fruits.text
 
 
