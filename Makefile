@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 # Debian's Chromium for the real-browser test (Playwright drives it; it never downloads one).
 browser-deps:
 	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium fonts-noto-color-emoji; \
 	  else echo "chromium missing: browser tests will skip (sudo apt-get install chromium)"; fi; }
 
 run: $(STAMP)

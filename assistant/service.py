@@ -325,7 +325,7 @@ class BundleAssistant:
             preference=preference,
             pair_npmi=self.index.copurchase.pair_npmi,
             objective=req.objective,
-            pricing=self.settings.pricing,
+            pricing=_pricing_for(self.settings.pricing, req.constraints),
             constraints=req.constraints,
             demoted=req.demoted,
             boosted=req.boosted,
@@ -357,6 +357,14 @@ class BundleAssistant:
             notes=req.notes,
             timings={**req.timings, "total": round(total, 4)},
         )
+
+
+def _pricing_for(pricing, constraints: Constraints):
+    """A merchandiser's minimum margin also bounds the discount: otherwise the default
+    discount could push a bundle under that minimum and the bundle would be rejected."""
+    if constraints.min_margin is None or constraints.min_margin <= pricing.margin_floor:
+        return pricing
+    return pricing.model_copy(update={"margin_floor": constraints.min_margin})
 
 
 def _fence_request(text: str) -> str:
