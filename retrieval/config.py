@@ -181,11 +181,13 @@ class RetrievalConfig(BaseModel):
 
 class LLMConfig(BaseModel):
     model: str | None = None  # None: the packaged SmolLM2 GGUF
-    max_new_tokens: int = 160
+    # Two bundles of compact JSON take ~110-130 tokens; at ~20 tokens/s on 2 CPU cores
+    # that keeps an LLM proposal near 6-7 s. Three bundles need ~220 tokens.
+    max_new_tokens: int = 150
     timeout_s: float = 20.0
     max_bundle_size: int = 4
     min_bundle_size: int = 2
-    bundles_per_prompt: int = 3
+    bundles_per_prompt: int = 2
     prompt_candidates: int = 12
 
 

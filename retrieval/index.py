@@ -149,8 +149,10 @@ def build_index(
         np.save(folder / "item_embeddings.npy", vectors)
         from assistant.privacy import write_safe_csv  # a merchant opens this report in a spreadsheet
 
-        write_safe_csv(pd.DataFrame([r.as_dict() for r in ds.quarantine],
-                                    columns=["file", "row", "field", "reason", "value"]), folder / "quarantine.csv")
+        # a rejected user id stays out of storage: the file and row say where to look
+        rejected = [{**r.as_dict(), "value": "" if r.field == "user_id" else r.value} for r in ds.quarantine]
+        write_safe_csv(pd.DataFrame(rejected, columns=["file", "row", "field", "reason", "value"]),
+                       folder / "quarantine.csv")
         for name, extra in ds.extras.items():
             extra.to_parquet(folder / f"extra_{name}.parquet", index=False)
         summary = {**ds.summary(), "profiles": len(profiles)}

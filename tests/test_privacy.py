@@ -68,10 +68,13 @@ def shop(tmp_path_factory, embedder) -> Path:
         for day, basket in enumerate(baskets, start=1):
             rows += [f"{user},{pid},2024-05-{day:02d},{user}-b{day},purchase" for pid in basket]
     rows.append(f"{RAW_IDS[1]},A1,not-a-date,x,purchase")  # a bad timestamp: quarantined too
-    (root / "source" / "interactions.csv").write_text("\n".join(rows) + "\n")
+    data = ("\n".join(rows) + "\n").encode()
+    # a user id that is not UTF-8: the row is quarantined, and the id must not go with it
+    data += b"hh-RAWID-0045-d\xe9,A1,2024-05-01,y,purchase\n"
+    (root / "source" / "interactions.csv").write_bytes(data)
     settings = Settings(data_dir=root / "data", chroma_url=None)
     ds = load_source("csv", root / "source", settings=settings)
-    assert set(ds.interactions["user_id"]) == set(RAW_IDS) and len(ds.quarantine) == 2
+    assert set(ds.interactions["user_id"]) == set(RAW_IDS) and len(ds.quarantine) == 3
     build(ds, settings, embedder)
     return settings.data_dir
 
