@@ -132,7 +132,8 @@ class FeedbackStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        # thread -> its connection; a dead thread's is closed when the next one opens
+        self._all: dict[threading.Thread, sqlite3.Connection] = {}
         self._all_lock = threading.Lock()
         fresh = not self.path.exists()
         conn = self._conn()
@@ -153,12 +154,19 @@ class FeedbackStore:
             conn.execute("PRAGMA secure_delete=ON")  # deleted rows are zeroed, not just freed
             self._local.conn = conn
             with self._all_lock:
-                self._all.append(conn)
+                self._close_dead_threads()
+                self._all[threading.current_thread()] = conn
         return conn
+
+    def _close_dead_threads(self) -> None:
+        # Threads come and go (a worker per chat turn, the web server's pool): without
+        # this every one that ever wrote would keep a connection and its open files.
+        for thread in [t for t in self._all if not t.is_alive()]:
+            self._all.pop(thread).close()
 
     def close(self) -> None:
         with self._all_lock:
-            for conn in self._all:
+            for conn in self._all.values():
                 conn.close()
             self._all.clear()
         self._local = threading.local()
