@@ -8,6 +8,7 @@ dropped, and the reranker decides what is shown.
 
 from __future__ import annotations
 
+import atexit
 import re
 import threading
 import time
@@ -162,6 +163,19 @@ def propose_with_llm(
     return Proposals(out, report)
 
 
+_workers: set[threading.Thread] = set()  # calls that within() stopped waiting for
+
+
+@atexit.register
+def _let_workers_finish(limit_s: float = 30.0) -> None:
+    """At exit, give abandoned calls time to end: torch aborts the whole process when the
+    interpreter tears down under a thread still inside it. The model stops itself at its
+    own deadline, so only a truly stuck backend waits out the limit."""
+    deadline = time.monotonic() + limit_s
+    for worker in list(_workers):
+        worker.join(max(0.0, deadline - time.monotonic()))
+
+
 def within(seconds: float, call: Callable[[], T]) -> T:
     """``call()``, or :class:`LLMTimeout` once ``seconds`` pass. The model stops itself at
     its own deadline; this guards against a backend that never returns (a stuck kernel, a
@@ -173,8 +187,11 @@ def within(seconds: float, call: Callable[[], T]) -> T:
             box["result"] = call()
         except BaseException as exc:  # handed to the caller's thread below
             box["error"] = exc
+        finally:
+            _workers.discard(threading.current_thread())
 
     worker = threading.Thread(target=work, name="llm-call", daemon=True)
+    _workers.add(worker)
     worker.start()
     worker.join(seconds)
     if worker.is_alive():

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from retrieval.index import Index, read_current
 from retrieval.sources import load_source
 from retrieval.store import StoreUnavailable
 
-from conftest import build, executable, free_port, seed_embedding_cache, subprocess_env
+from conftest import build, executable, free_port, subprocess_env
 
 PRODUCTS = """product_id,title,price,department,category
 S01,Corn Tortillas 30 ct,2.49,GROCERY,GROCERY > TORTILLAS > CORN
@@ -81,6 +82,7 @@ class FaultyLLM:
     def __init__(self, real, fault: str):
         self.real, self.fault = real, fault
         self.name, self.device = real.name, real.device
+        self.release = threading.Event()  # lets a hung call end once the test is over
 
     def generate_structured(self, messages, output_type, max_new_tokens=160, timeout_s=20.0, temperature=0.0):
         count(f"llm {self.fault}")
@@ -88,10 +90,10 @@ class FaultyLLM:
             raise LLMError("CUDA error: an illegal memory access was encountered")
         if self.fault == "raises RuntimeError":
             raise RuntimeError("backend crashed")
-        if self.fault == "hangs":
-            time.sleep(timeout_s + 30)  # a stuck kernel: never honours its own deadline
-            return self.real.generate_structured(messages, output_type, max_new_tokens=max_new_tokens,
-                                                 timeout_s=timeout_s)
+        if self.fault == "hangs":  # a stuck kernel: never honours its own deadline
+            self.release.wait(timeout_s + 30)
+            return Structured(raw="", parsed=None, parse_error="hung", new_tokens=0, seconds=timeout_s + 30,
+                              timed_out=True)
         if self.fault == "garbage":
             return Structured(raw="}}{{ bundles: SELECT * FROM products; --", parsed=None, parse_error="garbage",
                               new_tokens=12, seconds=0.1, timed_out=False)
@@ -120,11 +122,15 @@ FAULTS = ["raises LLMError", "raises RuntimeError", "hangs", "garbage", "cut-off
 def test_llm_fault_falls_back_to_rules_within_the_limit(shop_dir, embedder, real_llm, fault):
     limit = 2.0
     settings = Settings(data_dir=shop_dir, chroma_url=None, llm=LLMConfig(timeout_s=limit))
-    assistant = BundleAssistant(settings, llm=FaultyLLM(real_llm, fault), embedder=embedder)
+    llm = FaultyLLM(real_llm, fault)
+    assistant = BundleAssistant(settings, llm=llm, embedder=embedder)
     assistant.index  # opened before the clock starts, as the app does at start-up
     start = time.perf_counter()
-    rec = assistant.recommend(user_id="fan-1", query="taco night", k=3, mode="llm+rule")
-    elapsed = time.perf_counter() - start
+    try:
+        rec = assistant.recommend(user_id="fan-1", query="taco night", k=3, mode="llm+rule")
+    finally:
+        elapsed = time.perf_counter() - start
+        llm.release.set()
     assert elapsed <= limit + 1.0, f"{fault}: reply took {elapsed:.1f}s"
     assert rec.llm.fallback and (rec.llm.error or rec.llm.valid == 0)
     assert rec.bundles and {b.source for b in rec.bundles} == {"rule"}
@@ -304,6 +310,21 @@ def test_rebuild_killed_half_way_leaves_the_old_index_serving(shop_source, embed
     assert [p.name for p in (data / "builds").iterdir()] == [report.build_id]
     left = {c for c in Index(settings).store.collections() if c.startswith(("products__", "profiles__"))}
     assert len(left) == 2
+
+
+def test_within_returns_raises_or_gives_up():
+    from assistant.llm import LLMTimeout
+    from assistant.proposer import within
+
+    assert within(5, lambda: 42) == 42
+    with pytest.raises(ValueError, match="boom"):
+        within(5, lambda: (_ for _ in ()).throw(ValueError("boom")))
+    gate = threading.Event()
+    start = time.perf_counter()
+    with pytest.raises(LLMTimeout):
+        within(0.2, lambda: gate.wait(30))
+    assert time.perf_counter() - start < 1.5
+    gate.set()
 
 
 def test_fault_figures():

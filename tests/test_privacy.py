@@ -151,7 +151,8 @@ def household_one(cj_slice) -> dict[str, str]:
 
 
 def test_profiles_and_prompts_carry_household_composition_only(cj_assistant, cj_slice_dir, embedder,
-                                                               household_one):
+                                                               household_one, caplog):
+    caplog.set_level(logging.DEBUG)
     sensitive = [household_one[f] for f in SENSITIVE_FIELDS if household_one.get(f)]
     assert sensitive  # household 1 has an age and an income band to leak
     words = re.compile(r"\b(?:age|aged|income|salary|married|unmarried|single|homeowner|renter|"
@@ -167,6 +168,7 @@ def test_profiles_and_prompts_carry_household_composition_only(cj_assistant, cj_
     assistant.recommend(user_id="1", query="weekend breakfast", k=3, mode="llm")
     (prompt,) = recorder.prompts
     texts["prompt"] = prompt
+    texts["log"] = "\n".join(r.getMessage() for r in caplog.records)
     for where, text in texts.items():
         assert not [v for v in sensitive if v in text], f"{where} holds a sensitive demographic"
         assert not words.search(text), f"{where}: {words.search(text).group(0)!r}"
