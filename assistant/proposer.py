@@ -27,7 +27,7 @@ from .reranker import BundleCandidate
 
 NAME_MAX = 32
 REASON_MAX = 60
-DEADLINE_GRACE_S = 0.5  # past the model's own time limit, before the call is abandoned
+DEADLINE_GRACE_S = 0.25  # past the model's own time limit, before the call is abandoned
 T = TypeVar("T")
 
 

@@ -22,7 +22,10 @@ After every reply the session checks that it saw only its own state:
 
 Records errors (must be 0), check failures (leaks; must be 0), throughput (turns/s and
 requests/s), p50/p95/p99 latency of chat turns and of the other actions, and the app
-process's RSS after launch, after a warm-up, sampled during the run and at the end.
+process's RSS after launch, after a warm-up, sampled during the run and at the end; memory
+counts as flat when it grows by at most 5 % over the second half of the run (the first
+half fills per-thread allocator arenas, session state and caches). The exit status is 1
+when there were errors, failed checks or memory that did not stay flat.
 Rules only by default; ``--llm`` turns the language model on. Writes
 bench/results/load.json (``--out`` changes the name) and prints it.
 
@@ -62,6 +65,8 @@ NEEDS = ("pasta night", "taco night for four", "a quick breakfast", "movie night
 WORDS = ("dairy", "bread", "chips", "pasta", "sugar", "meat", "cheese", "coffee", "soup", "juice",
          "nuts", "pork", "beef", "fish", "eggs", "rice", "candy", "soda", "tea", "cereal",
          "seafood", "gluten", "peanuts", "chocolate", "butter")
+# "Memory stays flat": RSS grows by at most this much over the second half of the run.
+FLAT_PCT = 5.0
 # One cycle of a session; it repeats until the time or request limit.
 STEPS = ("chat", "add_to_cart_1", "like_1", "cheaper", "dislike_2", "add_to_cart_1", "empty_cart")
 
@@ -384,6 +389,11 @@ def drive(args: argparse.Namespace, proc: subprocess.Popen, info: dict) -> dict:
     rss["max_during_run"] = max(r for _, r in samples)
     rss["growth_after_warmup"] = round(rss["end"] - rss["after_warmup"], 1)
     rss["growth_pct"] = round(100 * rss["growth_after_warmup"] / rss["after_warmup"], 1)
+    # The first tens of seconds fill per-thread allocator arenas, sessions' state and
+    # caches; a leak shows as growth that goes on in the second half.
+    rss["at_half_time"] = next(r for t, r in samples if t >= wall / 2) if samples[-1][0] >= wall / 2 else rss["end"]
+    rss["growth_second_half"] = round(rss["end"] - rss["at_half_time"], 1)
+    rss["flat"] = rss["growth_second_half"] <= FLAT_PCT / 100 * rss["at_half_time"]
     step = max(1, len(samples) // 12)
     rss["timeline"] = samples[::step]
 
@@ -398,7 +408,7 @@ def drive(args: argparse.Namespace, proc: subprocess.Popen, info: dict) -> dict:
                    "households": sum(log.kind == "household" for log in logs),
                    "guests": sum(log.kind == "guest" for log in logs),
                    "distinct_households": len({p.key for p in chosen if p.key != "guest"})},
-        "passed": not errors and not failures,
+        "passed": not errors and not failures and rss["flat"],
         "errors": len(errors), "error_samples": errors[:10],
         "leak_check_failures": len(failures), "leak_check_samples": failures[:10],
         "wall_s": round(wall, 1),
