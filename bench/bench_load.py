@@ -162,6 +162,12 @@ def rss_mib(pid: int) -> float:
         raise
 
 
+def process_handles(pid: int) -> dict[str, int]:
+    """Threads and open file descriptors: a leak of either shows here before in memory."""
+    return {"threads": len(list(Path(f"/proc/{pid}/task").iterdir())),
+            "open_files": len(list(Path(f"/proc/{pid}/fd").iterdir()))}
+
+
 class RssSampler(threading.Thread):
     def __init__(self, pid: int, every_s: float = 2.0):
         super().__init__(daemon=True)
@@ -215,7 +221,9 @@ class Session:
         self.budget = float(10 + i)
         self.word = WORDS[i % len(WORDS)]
         self.others = {w for w in all_words if w != self.word}
-        self.client = Client(url, verbose=False, download_files=False)
+        # the default 5 s limit on fetching the API info is too short for a loaded server
+        self.client = Client(url, verbose=False, download_files=False,
+                             httpx_kwargs={"timeout": args.request_timeout})
         self.on_screen: list[dict] = []  # bundles of the last reply
         self.shown_keys: set[str] = set()
         self.cart: dict[str, int] = {}  # bundle key -> quantity, as this session expects it
@@ -349,6 +357,16 @@ def pick_personas(personas: list[Persona], sessions: int) -> list[Persona]:
             for i in range(sessions)]
 
 
+def run_session(i: int, url: str, persona: Persona, words: list[str], args: argparse.Namespace,
+                deadline: float) -> SessionLog:
+    try:
+        return Session(i, url, persona, words, args, deadline).run()
+    except Exception as exc:  # the client could not even connect: an error, not a crash
+        log = SessionLog(i, "guest" if persona.key == "guest" else "household")
+        log.errors.append(f"client: {type(exc).__name__}: {str(exc)[:200]}")
+        return log
+
+
 def warm_up(url: str, personas: list[Persona], args: argparse.Namespace) -> None:
     """One turn per persona before measuring: first-use caches are not a leak."""
     for i, p in enumerate(personas):
@@ -370,8 +388,10 @@ def drive(args: argparse.Namespace, proc: subprocess.Popen, info: dict) -> dict:
     pid = info["pid"]
     personas = [Persona(**p) for p in info["personas"]]
     rss = {"after_launch": rss_mib(pid)}
+    handles = {"after_launch": process_handles(pid)}
     warm_up(info["url"], personas, args)
     rss["after_warmup"] = rss_mib(pid)
+    handles["after_warmup"] = process_handles(pid)
 
     chosen = pick_personas(personas, args.sessions)
     words = [WORDS[i % len(WORDS)] for i in range(args.sessions)]
@@ -381,11 +401,12 @@ def drive(args: argparse.Namespace, proc: subprocess.Popen, info: dict) -> dict:
     deadline = start + args.seconds
     # Clients are made inside the threads so that 20 config fetches run in parallel.
     with ThreadPoolExecutor(max_workers=args.sessions) as pool:
-        logs = list(pool.map(
-            lambda i: Session(i, info["url"], chosen[i], words, args, deadline).run(), range(args.sessions)))
+        logs = list(pool.map(lambda i: run_session(i, info["url"], chosen[i], words, args, deadline),
+                             range(args.sessions)))
     wall = time.perf_counter() - start
     samples = sampler.stop()
     rss["end"] = rss_mib(pid)
+    handles["end"] = process_handles(pid)
     rss["max_during_run"] = max(r for _, r in samples)
     rss["growth_after_warmup"] = round(rss["end"] - rss["after_warmup"], 1)
     rss["growth_pct"] = round(100 * rss["growth_after_warmup"] / rss["after_warmup"], 1)
@@ -420,6 +441,7 @@ def drive(args: argparse.Namespace, proc: subprocess.Popen, info: dict) -> dict:
         "requests_per_session": {"min": min(log.requests for log in logs),
                                  "max": max(log.requests for log in logs)},
         "rss_mib": rss,
+        "server_threads_and_files": handles,
         "load_avg_after": [round(x, 2) for x in os.getloadavg()],
     }
 

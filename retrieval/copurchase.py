@@ -135,7 +135,8 @@ class CoPurchase:
         """Top co-purchased products of other types, by NPMI (SKU pairs seen often enough)."""
         own_type = self.product_type.get(str(product_id), "")
         table = self.items.neighbours(product_id, min_count=MIN_PAIR_COUNT)
-        table = table[table["key"].map(lambda k_: self.product_type.get(k_, "")) != own_type]
+        types = np.array([self.product_type.get(k_, "") for k_ in table["key"]], dtype=object)
+        table = table[types != own_type] if len(table) else table
         return list(zip(table["key"].head(k), table["npmi"].head(k).astype(float)))
 
     def complement_types(self, product_type: str, k: int = 5, min_count: float = 5) -> list[tuple[str, float]]:

@@ -12,6 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from assistant.llm import LLMError, get_llm
+from assistant.pricing import to_cents
 from assistant.proposer import proposal_schema, propose_with_llm, repair
 from assistant.service import BundleAssistant, ServiceError, UnknownProduct, UnknownUser
 from retrieval.config import LLMConfig, Settings
@@ -31,7 +32,7 @@ def _catalogue_checks(assistant: BundleAssistant, rec) -> None:
             assert item.product_id in catalogue.index
             row = catalogue.loc[item.product_id]
             assert item.title == row["title"]
-            assert item.price == pytest.approx(round(float(row["price"]), 2))
+            assert item.price == pytest.approx(to_cents(float(row["price"])))
             listed += float(row["price"])
         assert bundle.list_price == pytest.approx(listed, abs=0.011)
         assert bundle.bundle_price == pytest.approx(bundle.list_price * (1 - bundle.discount), abs=0.011)
