@@ -203,7 +203,7 @@ def bars(series: dict[str, dict[str, dict]], metrics: Sequence[str], title: str,
     plt = _pyplot()
     systems = list(series)
     width = 0.8 / max(1, len(systems))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(metrics) + 0.35 * len(systems)), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(metrics) + 0.35 * len(systems)), 4.8))
     x = np.arange(len(metrics))
     for i, s in enumerate(systems):
         means = [series[s][m]["mean"] for m in metrics]
@@ -216,7 +216,7 @@ def bars(series: dict[str, dict[str, dict]], metrics: Sequence[str], title: str,
     ax.set_xticks(x, list(metrics))
     ax.set_ylabel("mean over cases (95% bootstrap CI)")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=min(4, len(systems)), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
