@@ -19,6 +19,9 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# pyarrow's default allocator (jemalloc) kept growing under the web server's thread churn
+# (+85 MiB a minute at 20 sessions in bench/bench_load.py); the system one stays flat.
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 import argparse  # noqa: E402
 import hmac  # noqa: E402
