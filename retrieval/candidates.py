@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,7 +30,6 @@ from .embeddings import Embedder
 from .index import Index
 from .profiles import UserProfile
 from .schema import Constraints
-from .store import where_clause
 
 REASONS = ("anchor", "semantic", "complement", "affinity", "popular")
 
@@ -56,41 +54,96 @@ class CandidateRetriever:
         self.cfg = cfg or RetrievalConfig()
 
     # -- filters -------------------------------------------------------------------
+    @functools.cached_property
+    def _facts(self) -> dict[str, tuple[bool, str, float, str]]:
+        """product id -> (in stock, department, price, filter text), built once: a pandas
+        row lookup per candidate cost ~0.1 ms, about a fifth of a search."""
+        p = self.index.products
+        texts = (p["title"].astype(str) + " " + p["category"].astype(str) + " " + p["brand"].astype(str))
+        return {
+            str(pid): (bool(stock), str(dept), float(price), text)
+            for pid, stock, dept, price, text in zip(
+                p["product_id"], p["in_stock"], p["department"], p["price"].astype(float), texts
+            )
+        }
+
     def allowed(self, product_id: str, constraints: Constraints) -> bool:
-        row = self.index.catalogue.loc[product_id] if product_id in self.index.row_of.index else None
-        if row is None:
+        facts = self._facts.get(product_id)
+        if facts is None:
             return False
-        if constraints.in_stock_only and not bool(row["in_stock"]):
+        in_stock, department, price, text = facts
+        if constraints.in_stock_only and not in_stock:
             return False
         if product_id in constraints.excluded_products:
             return False
-        if constraints.departments and row["department"] not in constraints.departments:
+        if constraints.departments and department not in constraints.departments:
             return False
-        price = row["price"]
         if constraints.max_unit_price is not None and not (price == price and price <= constraints.max_unit_price):
             return False
         if constraints.min_unit_price is not None and not (price == price and price >= constraints.min_unit_price):
             return False
         if constraints.budget is not None and not (price == price and price < constraints.budget):
             return False  # one item that eats the whole budget cannot be in any bundle
-        text = f"{row['title']} {row['category']} {row['brand']}"
         return not constraints.excludes(text)
 
-    def _where(self, constraints: Constraints) -> dict[str, Any] | None:
-        max_price = constraints.max_unit_price
-        if constraints.budget is not None:
-            max_price = min(max_price or constraints.budget, constraints.budget)
-        return where_clause(
-            min_price=constraints.min_unit_price,
-            max_price=max_price,
-            departments=constraints.departments,
-            in_stock=True if constraints.in_stock_only else None,
-        )
+    def _metadata_mask(self, constraints: Constraints) -> np.ndarray:
+        """The rows that pass the metadata filters (what a Chroma ``where`` would check)."""
+        p = self.index.products
+        mask = np.ones(len(p), dtype=bool)
+        if constraints.in_stock_only:
+            mask &= p["in_stock"].to_numpy(dtype=bool)
+        if constraints.departments:
+            mask &= p["department"].isin(list(constraints.departments)).to_numpy()
+        price = p["price"].to_numpy(dtype=float, na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            if constraints.max_unit_price is not None:
+                mask &= price <= constraints.max_unit_price
+            if constraints.min_unit_price is not None:
+                mask &= price >= constraints.min_unit_price
+            if constraints.budget is not None:
+                mask &= price < constraints.budget
+        return mask
+
+    def nearest(self, vec: np.ndarray, constraints: Constraints, k: int) -> list[tuple[str, float]]:
+        """The ``k`` allowed products nearest to ``vec`` (cosine similarity), best first.
+
+        Chroma applies a ``where`` filter by scanning metadata before its HNSW search:
+        100-200 ms on the 92k-product catalogue, against ~4 ms for an unfiltered query of
+        100. So ask Chroma for a wider unfiltered neighbourhood and filter here; only when
+        too few survive (a narrow filter far from the query) search the index's own
+        embedding matrix exactly under a metadata mask, which takes ~6 ms.
+        """
+        wide = 2 * k + 20
+        hits = self.index.store.query(self.index.products_collection, vec, wide)
+        kept = [(pid, sim) for pid, sim, _ in hits if self.allowed(pid, constraints)]
+        if len(kept) >= k or len(hits) < wide:
+            return kept[:k]
+        return self._exact_nearest(vec, constraints, k)
+
+    @functools.cached_property
+    def _row_ids(self) -> np.ndarray:
+        return np.array([str(pid) for pid in self.index.products["product_id"]], dtype=object)
+
+    def _exact_nearest(self, vec: np.ndarray, constraints: Constraints, k: int) -> list[tuple[str, float]]:
+        # one product over the whole matrix (~4 ms) beats gathering the masked rows first
+        sims = self.index.item_embeddings @ np.asarray(vec, dtype=np.float32)
+        sims[~self._metadata_mask(constraints)] = -np.inf
+        out: list[tuple[str, float]] = []
+        width = max(4 * k, 100)
+        while not out or len(out) < k:
+            width = min(width, len(sims))
+            top = np.argpartition(-sims, width - 1)[:width]
+            top = top[np.isfinite(sims[top])]
+            order = top[np.lexsort((self._row_ids[top], -np.round(sims[top], 6)))]  # ties by id
+            out = [(self._row_ids[i], float(sims[i])) for i in order if self.allowed(self._row_ids[i], constraints)]
+            if len(out) >= k or width == len(sims) or len(top) < width:
+                break
+            width *= 8
+        return out[:k]
 
     # -- the four sources ------------------------------------------------------------
     def semantic(self, query_vec: np.ndarray, constraints: Constraints, k: int) -> list[tuple[str, float]]:
-        hits = self.index.store.query(self.index.products_collection, query_vec, k * 2, self._where(constraints))
-        return [(pid, sim) for pid, sim, _ in hits if self.allowed(pid, constraints)][:k]
+        return self.nearest(query_vec, constraints, k)
 
     def complements(self, seeds: list[str], constraints: Constraints, k: int) -> list[tuple[str, float]]:
         cop = self.index.copurchase
@@ -131,15 +184,16 @@ class CandidateRetriever:
         if constraints.departments:
             depts = [d for d in depts if d in constraints.departments] or list(constraints.departments)
         narrowed = constraints.model_copy(update={"departments": depts})
-        hits = self.index.store.query(self.index.products_collection, vec, k * 2, self._where(narrowed))
-        return [(pid, (sim + 1) / 2) for pid, sim, _ in hits if self.allowed(pid, constraints)][:k]
+        return [(pid, (sim + 1) / 2) for pid, sim in self.nearest(vec, narrowed, k)]
+
+    @functools.cached_property
+    def _by_popularity(self) -> list[tuple[str, float]]:
+        ranked = self.index.products.sort_values(["popularity", "product_id"], ascending=[False, True], kind="mergesort")
+        return [(str(pid), float(pop)) for pid, pop in zip(ranked["product_id"], ranked["popularity"])]
 
     def popular(self, constraints: Constraints, k: int) -> list[tuple[str, float]]:
-        products = self.index.products.sort_values(
-            ["popularity", "product_id"], ascending=[False, True], kind="mergesort"
-        )
         out = []
-        for pid, pop in zip(products["product_id"], products["popularity"]):
+        for pid, pop in self._by_popularity:
             if self.allowed(pid, constraints):
                 out.append((pid, float(pop)))
                 if len(out) >= k:

@@ -14,7 +14,7 @@ sparse (most pairs co-occur once or never) while type pairs are dense and stable
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -83,24 +83,39 @@ class CooccurrenceTable:
 
     def neighbours(self, key: str, min_count: float = 1.0) -> pd.DataFrame:
         """Every co-occurring key with its statistics, best NPMI first, ties by key."""
+        columns = ["key", "count", "support", "confidence", "lift", "npmi"]
         i = self.index(key)
         if i is None:
-            return pd.DataFrame(columns=["key", "count", "support", "confidence", "lift", "npmi"])
+            return pd.DataFrame(columns=columns)
+        cols, vals, npmi = self._ranked_row(i, min_count)
+        n = float(self.n_baskets)
+        n_a, n_b = self._diag[i], self._diag[cols]
+        return pd.DataFrame({
+            "key": self.keys[cols], "count": vals, "support": vals / n,
+            "confidence": vals / n_a, "lift": vals * n / (n_a * n_b), "npmi": npmi,
+        }, columns=columns)
+
+    def top_npmi(self, key: str, min_count: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, NPMI) of every co-occurring key, best first, ties by key: what
+        :meth:`neighbours` ranks, without building a frame on the search path."""
+        i = self.index(key)
+        if i is None:
+            return np.array([], dtype=self.keys.dtype), np.array([], dtype=np.float64)
+        cols, _, npmi = self._ranked_row(i, min_count)
+        return self.keys[cols], npmi
+
+    def _ranked_row(self, i: int, min_count: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         row = self.counts.getrow(i)
         cols, vals = row.indices, row.data.astype(np.float64)
         keep = (cols != i) & (vals >= min_count)
         cols, vals = cols[keep], vals[keep]
         n = float(self.n_baskets)
-        n_a, n_b = self._diag[i], self._diag[cols]
         p_ab = vals / n
-        lift = vals * n / (n_a * n_b)
+        lift = vals * n / (self._diag[i] * self._diag[cols])
         with np.errstate(divide="ignore", invalid="ignore"):
             npmi = np.where(p_ab >= 1.0, 1.0, np.log(lift) / -np.log(p_ab))
-        out = pd.DataFrame({
-            "key": self.keys[cols], "count": vals, "support": p_ab,
-            "confidence": vals / n_a, "lift": lift, "npmi": npmi,
-        })
-        return out.sort_values(["npmi", "key"], ascending=[False, True], kind="mergesort").reset_index(drop=True)
+        order = np.lexsort((self.keys[cols], -npmi))
+        return cols[order], vals[order], npmi[order]
 
 
 @dataclass
@@ -110,6 +125,9 @@ class CoPurchase:
     items: CooccurrenceTable
     types: CooccurrenceTable
     product_type: dict[str, str]
+    _type_cache: dict[tuple[str, int, float], list[tuple[str, float]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def build(cls, baskets: pd.DataFrame, products: pd.DataFrame) -> "CoPurchase":
@@ -134,15 +152,23 @@ class CoPurchase:
     def complements(self, product_id: str, k: int = 10) -> list[tuple[str, float]]:
         """Top co-purchased products of other types, by NPMI (SKU pairs seen often enough)."""
         own_type = self.product_type.get(str(product_id), "")
-        table = self.items.neighbours(product_id, min_count=MIN_PAIR_COUNT)
-        types = np.array([self.product_type.get(k_, "") for k_ in table["key"]], dtype=object)
-        table = table[types != own_type] if len(table) else table
-        return list(zip(table["key"].head(k), table["npmi"].head(k).astype(float)))
+        keys, npmi = self.items.top_npmi(product_id, min_count=MIN_PAIR_COUNT)
+        out = []
+        for key, score in zip(keys, npmi):
+            if self.product_type.get(key, "") != own_type:
+                out.append((str(key), float(score)))
+                if len(out) >= k:
+                    break
+        return out
 
     def complement_types(self, product_type: str, k: int = 5, min_count: float = 5) -> list[tuple[str, float]]:
-        table = self.types.neighbours(product_type, min_count=min_count)
-        table = table[table["key"] != ""]
-        return list(zip(table["key"].head(k), table["npmi"].head(k).astype(float)))
+        # the type table is small and fixed once built; every search asks for the same few types
+        key = (product_type, k, min_count)
+        if key not in self._type_cache:
+            table = self.types.neighbours(product_type, min_count=min_count)
+            table = table[table["key"] != ""]
+            self._type_cache[key] = list(zip(table["key"].head(k), table["npmi"].head(k).astype(float)))
+        return self._type_cache[key]
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -178,6 +178,50 @@ def test_where_clause():
         {"price": {"$gte": 0.0}}, {"price": {"$lte": 5.0}}, {"department": {"$in": ["DELI"]}}]}
 
 
+FILTERED = [
+    Constraints(max_unit_price=2.0),
+    Constraints(departments=["PRODUCE"]),
+    Constraints(budget=6.0, departments=["GROCERY", "MEAT-PCKGD"]),
+    Constraints(min_unit_price=5.0, in_stock_only=False),
+]
+
+
+def _where_for(c: Constraints) -> dict | None:
+    max_price = min(x for x in (c.max_unit_price, c.budget) if x is not None) if (
+        c.max_unit_price is not None or c.budget is not None) else None
+    return where_clause(min_price=c.min_unit_price, max_price=max_price, departments=c.departments,
+                        in_stock=True if c.in_stock_only else None)
+
+
+@pytest.mark.parametrize("constraints", FILTERED, ids=lambda c: str(c.model_dump(exclude_defaults=True)))
+@pytest.mark.parametrize("query", ["taco night", "fresh fruit", "shampoo"])
+def test_nearest_matches_chromas_own_where_filter(retriever, embedder, query, constraints):
+    """Search filters in Python over a wide unfiltered neighbourhood (or an exact masked
+    search), not through Chroma's slow ``where``; the answer must be the same."""
+    vec = embedder.encode_one(query)
+    ours = retriever.nearest(vec, constraints, 10)
+    store, name = retriever.index.store, retriever.index.products_collection
+    theirs = [(pid, sim) for pid, sim, _ in store.query(name, vec, 40, _where_for(constraints))
+              if retriever.allowed(pid, constraints)][:10]
+    assert len(ours) == 10
+    assert [pid for pid, _ in ours] == [pid for pid, _ in theirs]
+    assert [round(s, 4) for _, s in ours] == [round(s, 4) for _, s in theirs]
+
+
+def test_exact_fallback_is_a_brute_force_search_under_the_filters(retriever, embedder):
+    import numpy as np
+
+    c = Constraints(departments=["DRUG GM"], max_unit_price=3.0)
+    vec = embedder.encode_one("pasta dinner")  # far from the filter: the wide query finds too few
+    found = retriever._exact_nearest(vec, c, 15)
+    products = retriever.index.products
+    ok = [i for i, pid in enumerate(products["product_id"]) if retriever.allowed(str(pid), c)]
+    sims = retriever.index.item_embeddings[ok] @ vec
+    expected = sorted(zip(products["product_id"].iloc[ok].astype(str), sims), key=lambda t: (-round(float(t[1]), 6), t[0]))
+    assert [pid for pid, _ in found] == [pid for pid, _ in expected[:15]]
+    assert retriever.nearest(vec, c, 15) == found
+
+
 # --- a catalogue without prices --------------------------------------------------------------
 
 def test_bundlerec_index_without_prices(bundlerec_slice_dir, bundlerec_trimmed, embedder):
