@@ -151,7 +151,7 @@ class BundleAssistant:
         with self._lock:
             if self._embedder is None:
                 self._embedder = Embedder(batch_size=self.settings.embedding_batch_size,
-                                          cache_dir=self.settings.data_dir / "cache")
+                                          cache_size=self.settings.query_embedding_cache)
             return self._embedder
 
     @property

@@ -227,13 +227,14 @@ class CandidateRetriever:
         if query.strip():
             if query_vec is None:
                 query_vec = self.embedder.encode_one(query)
-            hits = self.semantic(query_vec, constraints, self.cfg.semantic_k)
+            # the round-robin below takes at most k of any one reason
+            hits = self.semantic(query_vec, constraints, min(self.cfg.semantic_k, k))
             add(hits, "semantic")
         seeds = anchors + [pid for pid, _ in hits[:3]]
         if seeds:
             add(self.complements(seeds, constraints, self.cfg.complements_per_item), "complement")
         if profile is not None and not profile.is_guest:
-            add(self.affinity(profile, constraints, self.cfg.affinity_k), "affinity")
+            add(self.affinity(profile, constraints, min(self.cfg.affinity_k, k)), "affinity")
         if len(found) < k:
             add(self.popular(constraints, self.cfg.popular_k), "popular")
         ranked = sorted(found.values(), key=lambda c: (REASONS.index(c.reason), -round(c.score, 6), c.product_id))

@@ -197,6 +197,8 @@ class Settings(BaseModel):
     data_dir: Path = Field(default_factory=default_data_dir)
     chroma_url: str | None = Field(default_factory=lambda: os.environ.get("CHROMA_URL") or None)
     embedding_batch_size: int = 256
+    # recent query embeddings kept in memory while serving (~1.5 KiB each); never on disk
+    query_embedding_cache: int = 2048
     profile: ProfileConfig = Field(default_factory=ProfileConfig)
     product_features: ProductFeatureConfig = Field(default_factory=ProductFeatureConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)

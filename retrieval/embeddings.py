@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import os
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
@@ -44,14 +45,20 @@ class Embedder:
     """Normalised, batched embeddings. One instance is safe to share between threads."""
 
     def __init__(self, model_path: Path | str | None = None, batch_size: int = 256,
-                 cache_dir: Path | None = None, device: str | None = None):
+                 cache_dir: Path | None = None, device: str | None = None, cache_size: int | None = None):
+        """``cache_dir``: a persistent, unbounded cache (index builds). Otherwise
+        ``cache_size`` keeps that many recent texts in memory only (serving: shoppers'
+        messages are never written to disk and cannot grow the process without bound)."""
         from sentence_transformers import SentenceTransformer
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.model_path = Path(model_path) if model_path else packaged_model_path()
         self.model = SentenceTransformer(str(self.model_path), device=device or "cpu")
         self.batch_size = batch_size
-        self.cache = EmbeddingCache(cache_dir) if cache_dir else None
+        if cache_dir:
+            self.cache: EmbeddingCache | None = EmbeddingCache(cache_dir)
+        else:
+            self.cache = EmbeddingCache(None, max_entries=cache_size) if cache_size else None
         self._lock = threading.Lock()
 
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
@@ -78,33 +85,46 @@ class Embedder:
 
 
 class EmbeddingCache:
-    """text hash -> vector, persisted as one ``.npz`` (keys + matrix)."""
+    """text hash -> vector, persisted as one ``.npz`` (keys + matrix) when it has a folder;
+    with ``max_entries`` the least recently used entries are dropped past that size."""
 
-    def __init__(self, folder: Path):
-        self.path = Path(folder) / "embedding_cache.npz"
-        self._vectors: dict[str, np.ndarray] = {}
+    def __init__(self, folder: Path | None, max_entries: int | None = None):
+        self.path = Path(folder) / "embedding_cache.npz" if folder is not None else None
+        self.max_entries = max_entries
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
         self._dirty = False
-        if self.path.exists():
+        if self.path is not None and self.path.exists():
             with np.load(self.path, allow_pickle=False) as data:
-                self._vectors = dict(zip(data["keys"].tolist(), data["vectors"]))
+                self._vectors = OrderedDict(zip(data["keys"].tolist(), data["vectors"]))
 
     def __len__(self) -> int:
         return len(self._vectors)
 
     def lookup(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
-        return {k: self._vectors[k] for k in keys if k in self._vectors}
+        with self._lock:
+            found = {k: self._vectors[k] for k in keys if k in self._vectors}
+            if self.max_entries is not None:
+                for k in found:
+                    self._vectors.move_to_end(k)
+            return found
 
     def add(self, vectors: dict[str, np.ndarray]) -> None:
-        self._vectors.update(vectors)
-        self._dirty = True
+        with self._lock:
+            self._vectors.update(vectors)
+            if self.max_entries is not None:
+                while len(self._vectors) > self.max_entries:
+                    self._vectors.popitem(last=False)
+            self._dirty = True
 
     def save(self) -> None:
-        if not self._dirty:
+        if not self._dirty or self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp.npz")
-        keys = np.array(list(self._vectors), dtype="U40")
-        matrix = np.stack(list(self._vectors.values())).astype(np.float32)
+        with self._lock:
+            keys = np.array(list(self._vectors), dtype="U40")
+            matrix = np.stack(list(self._vectors.values())).astype(np.float32)
         np.savez(tmp, keys=keys, vectors=matrix)
         os.replace(tmp, self.path)
         self._dirty = False

@@ -11,10 +11,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from assistant.service import BundleAssistant
-from retrieval.config import ProfileConfig
+from retrieval.config import ProfileConfig, Settings
 from retrieval.index import Index, read_current
 from retrieval.schema import Constraints
 from retrieval.store import ChromaStore, StoreUnavailable
@@ -114,7 +115,8 @@ def test_reindex_is_idempotent_and_a_change_rebuilds(cj_slice, embedder, setting
     assert not build(cj_slice, changed, embedder, force=True).skipped
 
 
-def test_embedding_cache_makes_rebuilds_incremental(cj_slice, embedder, tmp_path):
+def test_embedding_cache_makes_rebuilds_incremental(cj_slice, cj_slice_dir, embedder, tmp_path):
+    # cj_slice_dir: the session build has filled the embedder's cache
     from retrieval.embeddings import EmbeddingCache, text_key
     from retrieval.schema import product_text
 
@@ -122,6 +124,35 @@ def test_embedding_cache_makes_rebuilds_incremental(cj_slice, embedder, tmp_path
     cache = EmbeddingCache(tmp_path / "cache")
     texts = [product_text(r) for r in cj_slice.products[["title", "department"]].to_dict("records")]
     assert len(cache.lookup([text_key(t) for t in texts])) == len(set(texts))
+
+
+def test_serving_cache_is_bounded_and_never_written(cj_slice_dir, tmp_path):
+    """Shoppers' messages are embedded through a memory-only LRU: it keeps the most recent
+    texts, drops the oldest past its size, and has no file to write them to."""
+    from retrieval.embeddings import EmbeddingCache, text_key
+
+    cache = EmbeddingCache(None, max_entries=3)
+    vec = np.ones(4, dtype=np.float32)
+    for text in ["a", "b", "c"]:
+        cache.add({text_key(text): vec})
+    assert cache.lookup([text_key("a")])  # "a" is now the most recent
+    cache.add({text_key("d"): vec})
+    assert len(cache) == 3
+    assert not cache.lookup([text_key("b")]) and cache.lookup([text_key("a"), text_key("c"), text_key("d")])
+    cache.save()  # nothing to write to
+    assert cache.path is None
+
+    serving = BundleAssistant(Settings(data_dir=cj_slice_dir, chroma_url=None, query_embedding_cache=64))
+    embedder = serving.embedder
+    assert embedder.cache is not None and embedder.cache.path is None and embedder.cache.max_entries == 64
+    cache_files = sorted((cj_slice_dir / "cache").glob("*")) if (cj_slice_dir / "cache").exists() else []
+    stamps = [f.stat().st_mtime_ns for f in cache_files]
+    message = f"a private message {tmp_path.name}"
+    first = serving.search(message, k=3)
+    assert embedder.cache.lookup([text_key(message)])
+    assert serving.search(message, k=3) == first
+    after = sorted((cj_slice_dir / "cache").glob("*")) if (cj_slice_dir / "cache").exists() else []
+    assert after == cache_files and [f.stat().st_mtime_ns for f in after] == stamps
 
 
 # --- server mode ---------------------------------------------------------------------------
