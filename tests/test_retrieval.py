@@ -197,15 +197,25 @@ def _where_for(c: Constraints) -> dict | None:
 @pytest.mark.parametrize("query", ["taco night", "fresh fruit", "shampoo"])
 def test_nearest_matches_chromas_own_where_filter(retriever, embedder, query, constraints):
     """Search filters in Python over a wide unfiltered neighbourhood (or an exact masked
-    search), not through Chroma's slow ``where``; the answer must be the same."""
+    search), not through Chroma's slow ``where``. HNSW is approximate, and its graph differs
+    between builds, so both answers are held to the brute-force truth: all allowed, best
+    first, and at most one of the ten missing."""
+    import numpy as np
+
     vec = embedder.encode_one(query)
     ours = retriever.nearest(vec, constraints, 10)
     store, name = retriever.index.store, retriever.index.products_collection
     theirs = [(pid, sim) for pid, sim, _ in store.query(name, vec, 40, _where_for(constraints))
               if retriever.allowed(pid, constraints)][:10]
-    assert len(ours) == 10
-    assert [pid for pid, _ in ours] == [pid for pid, _ in theirs]
-    assert [round(s, 4) for _, s in ours] == [round(s, 4) for _, s in theirs]
+    products = retriever.index.products
+    ok = [i for i, pid in enumerate(products["product_id"]) if retriever.allowed(str(pid), constraints)]
+    sims = retriever.index.item_embeddings[ok] @ vec
+    truth = {str(products["product_id"].iloc[ok[i]]) for i in np.argsort(-sims)[:10]}
+    assert len(ours) == 10 and all(retriever.allowed(pid, constraints) for pid, _ in ours)
+    assert [round(s, 6) for _, s in ours] == sorted((round(s, 6) for _, s in ours), reverse=True)
+    assert len(truth & {pid for pid, _ in ours}) >= 9
+    assert len(truth & {pid for pid, _ in theirs}) >= 9
+    assert len({pid for pid, _ in ours} & {pid for pid, _ in theirs}) >= 9
 
 
 def test_exact_fallback_is_a_brute_force_search_under_the_filters(retriever, embedder):
