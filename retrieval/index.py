@@ -37,7 +37,7 @@ from .profiles import UserProfile, build_profiles
 from .schema import Dataset, product_text
 from .store import ChromaStore, StoreUnavailable
 
-BUILD_FORMAT = 1
+BUILD_FORMAT = 2  # 2: extra tables keep pseudonymised user ids; an older index is rebuilt
 PRODUCT_META_FIELDS = ("title", "category", "department", "product_type", "brand", "price", "in_stock", "popularity")
 
 
@@ -154,7 +154,7 @@ def build_index(
         write_safe_csv(pd.DataFrame(rejected, columns=["file", "row", "field", "reason", "value"]),
                        folder / "quarantine.csv")
         for name, extra in ds.extras.items():
-            extra.to_parquet(folder / f"extra_{name}.parquet", index=False)
+            _with_pseudonymous_users(extra, pseudonymise).to_parquet(folder / f"extra_{name}.parquet", index=False)
         summary = {**ds.summary(), "profiles": len(profiles)}
         (folder / "build.json").write_text(json.dumps({"fingerprint": fingerprint, **summary}, indent=2))
     pointer = {
@@ -180,6 +180,18 @@ def _baskets(ds: Dataset) -> pd.DataFrame:
                                 "product_id": extra["item ID"].astype(str)})
         baskets = pd.concat([baskets, bundles], ignore_index=True)
     return baskets
+
+
+def _with_pseudonymous_users(frame: pd.DataFrame, pseudonymise: Callable[[str], str]) -> pd.DataFrame:
+    """A source's extra tables (BundleRec's user_item, user_bundle, user_session) keep user
+    ids only as the same pseudonyms the profiles use."""
+    users = [c for c in frame.columns if str(c).strip().lower().replace("_", " ") == "user id"]
+    if not users:
+        return frame
+    out = frame.copy()
+    for column in users:
+        out[column] = out[column].astype(str).map(pseudonymise)
+    return out
 
 
 def _store_profiles(store: ChromaStore, name: str, profiles: dict[str, UserProfile], progress: bool) -> None:

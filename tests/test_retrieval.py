@@ -247,6 +247,14 @@ def test_bundlerec_index_without_prices(bundlerec_slice_dir, bundlerec_trimmed, 
     bundle_item = pd.read_csv(bundlerec_trimmed / "bundle_item.csv", dtype=str)
     first = bundle_item[bundle_item["bundle ID"] == bundle_item["bundle ID"].iloc[0]]["item ID"].tolist()
     assert assistant.index.copurchase.items.count(first[0], first[1]) >= 1
-    user = sorted(assistant.index.extra("user_item")["user ID"].unique(), key=int)[0]
+    user = sorted(pd.read_csv(bundlerec_trimmed / "user_item.csv", dtype=str)["user ID"].unique(), key=int)[0]
     profile = assistant.profile(user)
+    # the stored extra tables carry the profiles' pseudonyms, never the raw ids
+    from assistant.privacy import pseudonymise
+
+    raw_users = set(pd.read_csv(bundlerec_trimmed / "user_item.csv", dtype=str)["user ID"])
+    for name in ("user_item", "user_bundle", "user_session"):
+        stored = set(assistant.index.extra(name)["user ID"].astype(str))
+        assert stored and not stored & raw_users, name
+    assert pseudonymise(user, data_dir=bundlerec_slice_dir) in set(assistant.index.extra("user_item")["user ID"])
     assert profile.top_departments and profile.median_unit_price is None
