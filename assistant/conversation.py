@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from prompts import fence, render
+from prompts import examples, fence, render
 from retrieval.profiles import UserProfile, guest_profile
 from retrieval.schema import Constraints
 
@@ -291,21 +291,14 @@ def _llm_busy(llm: Any) -> bool:
     return bool(lock is not None and lock.locked())
 
 
-# Worked examples, sent as earlier chat turns in the reply_intro format. Without them
-# SmolLM2-135M answers most requests with "I'm sorry for your loss, but as a grocery
-# shopping assistant..."; with them it writes a usable one-liner most of the time.
-INTRO_EXAMPLES: tuple[tuple[str, str], ...] = (
-    ("lunch for the kids", "Here are some easy lunch bundles the kids will love!"),
-    ("bbq party, no pork", "Fire up the grill: these bundles have your cookout covered!"),
-    ("cheaper (for pasta night)", "Here are some thriftier bundles that still make a great pasta night!"),
-)
-
-
 def intro_messages(request: str) -> list[dict[str, str]]:
-    """The reply_intro prompt with :data:`INTRO_EXAMPLES` as few-shot turns."""
+    """The reply_intro prompt with its worked examples (``prompts/reply_intro.examples.json``)
+    as few-shot turns. Without them SmolLM2-135M answers most requests with "I'm sorry for
+    your loss, but as a grocery shopping assistant..."; with them it writes a usable
+    one-liner most of the time."""
     system, user = render("reply_intro", request=fence(request, 300) or "some bundle ideas")
     shots: list[dict[str, str]] = []
-    for example, answer in INTRO_EXAMPLES:
+    for example, answer in examples("reply_intro"):
         shots += [render("reply_intro", request=example)[1], {"role": "assistant", "content": answer}]
     return [system, *shots, user]
 

@@ -8,6 +8,7 @@ further by constrained decoding, and nothing it writes is trusted downstream.
 
 from __future__ import annotations
 
+import json
 import re
 from functools import cache
 from importlib import resources
@@ -48,3 +49,11 @@ def render(name: str, **values: object) -> list[dict[str, str]]:
     roles = {"system": "system", "human": "user", "ai": "assistant"}
     messages = template(name).format_messages(**values)
     return [{"role": roles.get(m.type, m.type), "content": str(m.content)} for m in messages]
+
+
+@cache
+def examples(name: str) -> tuple[tuple[str, str], ...]:
+    """Worked (request, answer) pairs for template ``name``, from ``<name>.examples.json``,
+    sent to the model as earlier chat turns."""
+    rows = json.loads(_read(f"{name}.examples.json"))
+    return tuple((str(r["request"]), str(r["answer"])) for r in rows)
