@@ -634,7 +634,7 @@ def ensure_index(settings: Settings, limit: int | None = None, out=sys.stderr) -
 
     what = f"a {limit}-household slice of" if limit else "the full"
     print(f"No index in {settings.data_dir}: building {what} Complete Journey data. This happens "
-          f"once and takes {'a minute or two' if limit else 'about 10 minutes on 2 CPU cores'}.",
+          f"once and takes {'a minute or two' if limit else 'about 3 minutes on 2 CPU cores'}.",
           file=out, flush=True)
     ds = load_source("completejourney", None, settings=settings, limit=limit)
     s = ds.summary()
