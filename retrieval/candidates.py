@@ -6,8 +6,8 @@ Reasons, in priority order:
 * ``semantic``   — the nearest products to the free-text need in the Chroma store;
 * ``complement`` — co-purchased with an anchor or a top query hit (SKU-level NPMI, then
   the most popular item of each complementary product type);
-* ``affinity``   — nearest products to the user's preference embedding, within the user's
-  top departments;
+* ``affinity``   — the user's usual items, then the nearest products to the user's
+  preference embedding within the user's top departments;
 * ``popular``    — the most popular products, a fallback that never leaves the list empty.
 
 Same inputs, same output: every ranking breaks ties by product id.
@@ -177,14 +177,23 @@ class CandidateRetriever:
         return None
 
     def affinity(self, profile: UserProfile, constraints: Constraints, k: int) -> list[tuple[str, float]]:
+        """From the profile: the user's own usual items first (in grocery most of a basket
+        is bought again), then the products nearest to the preference embedding within
+        the user's top departments."""
+        # half the slots: the rest stay for discovery
+        usual = [pid for pid in profile.favourite_items if self.allowed(pid, constraints)][: (k + 1) // 2]
+        # ranked ahead of the embedding neighbours, in the order of their decayed weight
+        found = [(pid, 1.0 - i / (2 * max(k, 1))) for i, pid in enumerate(usual)]
         vec = profile.preference_vector()
         if vec is None or not np.any(vec):
-            return []
+            return found
         depts = [d for d, _ in profile.top_departments[:3]]
         if constraints.departments:
             depts = [d for d in depts if d in constraints.departments] or list(constraints.departments)
         narrowed = constraints.model_copy(update={"departments": depts})
-        return [(pid, (sim + 1) / 2) for pid, sim in self.nearest(vec, narrowed, k)]
+        taken = set(usual)
+        near = [(pid, (sim + 1) / 2) for pid, sim in self.nearest(vec, narrowed, k) if pid not in taken]
+        return found + near[: k - len(found)]
 
     @functools.cached_property
     def _by_popularity(self) -> list[tuple[str, float]]:

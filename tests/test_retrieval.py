@@ -102,6 +102,25 @@ def test_reasons(retriever, user1):
     assert pops == sorted(pops, reverse=True)
 
 
+def test_affinity_starts_with_the_users_usual_items(retriever, user1):
+    """Half the affinity slots go to the household's own most bought items (by decayed
+    weight), the rest to preference-embedding neighbours; constraints still apply."""
+    usual = [pid for pid in user1.favourite_items if retriever.allowed(pid, Constraints())]
+    assert len(usual) >= 5
+    found = retriever.affinity(user1, Constraints(), 10)
+    assert [pid for pid, _ in found[:5]] == usual[:5]
+    assert len(found) == 10 and len({pid for pid, _ in found}) == 10
+    assert not set(pid for pid, _ in found[5:]) & set(usual[:5])
+    scores = [s for _, s in found[:5]]
+    assert scores == sorted(scores, reverse=True) and all(0 < s <= 1 for s in scores)
+    # an excluded usual item gives its slot to the next one
+    without_first = retriever.affinity(user1, Constraints(excluded_products=[usual[0]]), 10)
+    assert [pid for pid, _ in without_first[:5]] == usual[1:6]
+    # and a personalised retrieval carries them as affinity candidates
+    found = retriever.retrieve("", user1, (), Constraints(), 20)
+    assert {c.product_id for c in found if "affinity" in c.reasons} >= set(usual[:3])
+
+
 def test_anchor_comes_first_with_its_complements(retriever):
     index = retriever.index
     # the slice's most bought product has SKU-level complements (co-bought >= 3 times)
