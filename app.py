@@ -650,16 +650,17 @@ def warm_up(assistant: BundleAssistant, use_llm: bool, out=sys.stderr) -> bool:
     """Open the index and models before the first shopper arrives. Returns whether the
     LLM is usable (when it is not, the app runs on rules and says so in each reply)."""
     start = time.perf_counter()
-    assistant.recommend(query="snacks", k=1, use_llm=False)
+    assistant.warm_up()
     print(f"index and embedder ready in {time.perf_counter() - start:.1f}s", file=out, flush=True)
     if not use_llm:
         return False
     print("loading the language model (the first run converts it, ~30 s) ...", file=out, flush=True)
     try:
-        llm = assistant.llm
+        assistant.warm_up(use_llm=True)
     except Exception as exc:
         print(f"  the language model could not load ({exc}); answers will use rules only", file=out, flush=True)
         return False
+    llm = assistant.llm
     print(f"  {llm.name} on {llm.device} ready", file=out, flush=True)
     return True
 

@@ -53,6 +53,10 @@ class CandidateRetriever:
         self.embedder = embedder
         self.cfg = cfg or RetrievalConfig()
 
+    def prepare(self) -> None:
+        """Build the lookup tables now rather than on the first request that needs them."""
+        _ = self._facts, self._by_popularity, self._popular_by_type, self._row_ids
+
     # -- filters -------------------------------------------------------------------
     @functools.cached_property
     def _facts(self) -> dict[str, tuple[bool, str, float, str]]:

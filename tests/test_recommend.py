@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,29 @@ def test_real_llm_timeout_falls_back(cj_slice_dir, embedder):
     assert rec.llm.fallback
     assert rec.bundles and all(b.source == "rule" for b in rec.bundles)
     assert rec.timings["llm"] < 5
+
+
+def test_warm_up_opens_everything_then_freezes_it(cj_slice_dir, embedder):
+    """The app's warm-up leaves nothing to load on the first request, and keeps what it
+    loaded out of the garbage collector's full passes."""
+    import gc
+
+    assistant = BundleAssistant(Settings(data_dir=cj_slice_dir, chroma_url=None), embedder=embedder)
+    before = gc.get_freeze_count()
+    try:
+        assistant.warm_up()
+        assert assistant._index is not None
+        assert {"_facts", "_by_popularity", "_popular_by_type", "_row_ids"} <= set(vars(assistant.retriever))
+        assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()
+
+
+def test_openmp_threads_wait_passively_unless_told_otherwise():
+    code = "import assistant.llm, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in subprocess_env().items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "PASSIVE", out.stderr[-2000:]
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ACTIVE", out.stderr[-2000:]
