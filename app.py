@@ -24,6 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 import argparse  # noqa: E402
+import gc  # noqa: E402
 import hmac  # noqa: E402
 import html  # noqa: E402
 import logging  # noqa: E402
@@ -656,11 +657,11 @@ def warm_up(assistant: BundleAssistant, use_llm: bool, out=sys.stderr) -> bool:
         return False
     print("loading the language model (the first run converts it, ~30 s) ...", file=out, flush=True)
     try:
-        assistant.warm_up(use_llm=True)
+        llm = assistant.llm
     except Exception as exc:
         print(f"  the language model could not load ({exc}); answers will use rules only", file=out, flush=True)
         return False
-    llm = assistant.llm
+    gc.freeze()  # the model's objects too, as assistant.warm_up() did for the index
     print(f"  {llm.name} on {llm.device} ready", file=out, flush=True)
     return True
 

@@ -184,15 +184,14 @@ class BundleAssistant:
         return guest_profile(f"guest-{session_id}", vec)
 
     # -- search ----------------------------------------------------------------------
-    def warm_up(self, use_llm: bool = False) -> None:
-        """Open the index, the embedder, the retrieval tables and (``use_llm``) the model
-        before the first request, then keep all of it out of the cyclic garbage
-        collector's full passes: on the full catalogue one pass over those ~570k objects
-        took up to 275 ms, a stall for whichever request triggered it."""
+    def warm_up(self) -> None:
+        """Open the index, the embedder and the retrieval tables before the first request,
+        then keep all of it out of the cyclic garbage collector's full passes: on the full
+        catalogue one pass over those ~570k objects took up to 275 ms, a stall for
+        whichever request triggered it. Whatever is loaded later (the model) can be
+        frozen the same way with :func:`gc.freeze`."""
         self.recommend(query="snacks", k=1, use_llm=False)
         self.retriever.prepare()
-        if use_llm:
-            _ = self.llm
         gc.freeze()
 
     def search(self, query: str, user_id: str | None = None, constraints: Constraints | None = None,

@@ -126,24 +126,23 @@ class CandidateRetriever:
 
     @functools.cached_property
     def _row_ids(self) -> np.ndarray:
-        return np.array([str(pid) for pid in self.index.products["product_id"]], dtype=object)
+        return self.index.products["product_id"].to_numpy(dtype=object)  # str ids, row order
 
     def _exact_nearest(self, vec: np.ndarray, constraints: Constraints, k: int) -> list[tuple[str, float]]:
+        mask = self._metadata_mask(constraints)
         # one product over the whole matrix (~4 ms) beats gathering the masked rows first
         sims = self.index.item_embeddings @ np.asarray(vec, dtype=np.float32)
-        sims[~self._metadata_mask(constraints)] = -np.inf
-        out: list[tuple[str, float]] = []
-        width = max(4 * k, 100)
-        while not out or len(out) < k:
-            width = min(width, len(sims))
+        sims[~mask] = -np.inf
+        passing = int(mask.sum())
+        width = min(max(4 * k, 100), passing)
+        while width:
             top = np.argpartition(-sims, width - 1)[:width]
-            top = top[np.isfinite(sims[top])]
             order = top[np.lexsort((self._row_ids[top], -np.round(sims[top], 6)))]  # ties by id
             out = [(self._row_ids[i], float(sims[i])) for i in order if self.allowed(self._row_ids[i], constraints)]
-            if len(out) >= k or width == len(sims) or len(top) < width:
-                break
-            width *= 8
-        return out[:k]
+            if len(out) >= k or width == passing:
+                return out[:k]
+            width = min(width * 8, passing)  # text exclusions dropped too many: look further
+        return []
 
     # -- the four sources ------------------------------------------------------------
     def semantic(self, query_vec: np.ndarray, constraints: Constraints, k: int) -> list[tuple[str, float]]:
