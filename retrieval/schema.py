@@ -140,6 +140,9 @@ class Constraints(BaseModel):
     pinned: list[str] = Field(default_factory=list)  # product ids every bundle must contain
     excluded_products: list[str] = Field(default_factory=list)
     max_bundle_size: int | None = None
+    # diet/allergen keys of retrieval/data/food_rules.json, applied by retrieval.filters
+    diets: list[str] = Field(default_factory=list)
+    food: bool | None = None  # True: food products only; False: non-food only; None: any
 
     @field_validator("budget", "max_unit_price", "min_unit_price")
     @classmethod
