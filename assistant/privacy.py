@@ -41,7 +41,9 @@ def _default_data_dir() -> Path:
 def load_secret(data_dir: Path | str | None = None) -> bytes:
     """The HMAC key: ``$BUNDLE_HMAC_SECRET`` when set, else a random key generated once
     and kept in ``<data_dir>/hmac_secret`` with 0600 permissions."""
-    env = os.environ.get(SECRET_ENV)
+    from retrieval.config import env_settings
+
+    env = env_settings().hmac_secret
     if env:
         if len(env) < MIN_SECRET_LEN:
             raise ValueError(f"{SECRET_ENV} must be at least {MIN_SECRET_LEN} characters")

@@ -22,7 +22,7 @@ from prompts import fence, render
 from retrieval.candidates import Candidate
 from retrieval.schema import Constraints
 
-from .llm import LLM, LLMError, LLMTimeout
+from .llm import ChatModel, LLMError, LLMTimeout
 from .reranker import BundleCandidate
 
 NAME_MAX = 32
@@ -111,7 +111,7 @@ def repair(item_numbers: list[str], by_number: dict[str, str], allowed: Callable
 
 
 def propose_with_llm(
-    llm: LLM,
+    llm: ChatModel,
     template: str,
     values: dict,
     candidates: list[dict],

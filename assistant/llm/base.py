@@ -1,0 +1,108 @@
+"""What every chat model of this project is: its records, its errors and its seam.
+
+:class:`ChatModel` is the Protocol the service, the conversation, eval and the test
+fakes share; :class:`~assistant.llm.chat.LLM` is the real one. Nothing here imports
+torch, so code that only needs the seam (and tests with fakes) stays light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+
+from pydantic import BaseModel
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class LLMError(RuntimeError):
+    """The model could not be loaded or could not generate."""
+
+
+class LLMTimeout(LLMError):
+    """The time limit ran out before the model could start (e.g. it was busy)."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    new_tokens: int  # tokens the model produced, a final end-of-sequence token included
+    seconds: float
+    timed_out: bool  # generation was cut off by timeout_s; ``text`` is partial
+
+
+@dataclass(frozen=True)
+class Structured(Generic[M]):
+    raw: str
+    parsed: M | None  # None when ``raw`` does not validate (e.g. cut off by a limit)
+    parse_error: str | None
+    new_tokens: int
+    seconds: float
+    timed_out: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.parsed is not None
+
+
+@runtime_checkable
+class ChatModel(Protocol):
+    """A loaded chat model: one generation at a time, each with a time limit."""
+
+    name: str
+    device: str
+
+    @property
+    def busy(self) -> bool: ...
+
+    def chat(self, messages: Sequence[Mapping[str, Any]], max_new_tokens: int = 160,
+             timeout_s: float = 20.0, temperature: float = 0.0) -> Generation: ...
+
+    def stream(self, messages: Sequence[Mapping[str, Any]], max_new_tokens: int = 160,
+               timeout_s: float = 20.0, temperature: float = 0.0) -> Iterator[str]: ...
+
+    def generate_structured(self, messages: Sequence[Mapping[str, Any]], output_type: type[M],
+                            max_new_tokens: int = 160, timeout_s: float = 20.0,
+                            temperature: float = 0.0) -> Structured[M]: ...
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def _block_text(block: Any) -> str:
+    if isinstance(block, str):
+        return block
+    if isinstance(block, Mapping):
+        if isinstance(block.get("text"), str):
+            return block["text"]
+        if isinstance(block.get("content"), (str, list)):
+            return flatten_content(block["content"])
+    return ""  # files, images and other non-text blocks: a text-only model can't use them
+
+
+def flatten_content(content: Any) -> str:
+    """Gradio 6 message content (a string, or a list of blocks) as one plain string."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Mapping):
+        return _block_text(content)
+    if isinstance(content, Sequence):
+        return "\n".join(t for t in (_block_text(b) for b in content) if t)
+    return str(content)
+
+
+def flatten_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """Keep only ``role`` and plain-string ``content``: what chat templates expect.
+
+    Gradio adds keys such as ``metadata`` and ``options`` and nests content in blocks;
+    templates that concatenate ``message['content']`` fail on a list.
+    """
+    flat = []
+    for m in messages:
+        if "role" not in m:
+            raise ValueError(f"message without a role: {m!r}")
+        flat.append({"role": str(m["role"]), "content": flatten_content(m.get("content"))})
+    return flat
