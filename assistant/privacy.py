@@ -16,9 +16,9 @@ import re
 import secrets
 import time
 from pathlib import Path
-from typing import Any
 
-import pandas as pd
+# the spreadsheet-safe CSV writer lives with the index build that also uses it
+from retrieval.safe_csv import neutralise_csv_cell, neutralise_frame, write_safe_csv  # noqa: F401
 
 SECRET_ENV = "BUNDLE_HMAC_SECRET"
 SECRET_FILE = "hmac_secret"
@@ -110,34 +110,3 @@ def guest_pseudonym(
 def is_pseudonym(value: str) -> bool:
     return isinstance(value, str) and bool(PSEUDONYM_RE.match(value))
 
-
-# Spreadsheet formula injection (OWASP "CSV Injection"): a cell that starts with one of
-# these is run as a formula by Excel/LibreOffice/Sheets. A leading quote makes it text.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def neutralise_csv_cell(value: Any) -> Any:
-    """Prefix ``'`` to a string cell that a spreadsheet would read as a formula.
-    Non-strings (numbers, NaN, None) pass through unchanged."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
-
-
-def write_safe_csv(df: pd.DataFrame, path: Path | str) -> None:
-    """``df`` as a CSV a spreadsheet can open safely: formula cells neutralised, and every
-    cell quoted, because pandas leaves a cell holding a bare carriage return unquoted and a
-    spreadsheet starts a new row there (a cell "x\r=cmd|..." would become a formula)."""
-    import csv
-
-    neutralise_frame(df).to_csv(path, index=False, quoting=csv.QUOTE_ALL)
-
-
-def neutralise_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """A copy of ``df`` with every text column neutralised; numeric columns untouched."""
-    out = df.copy()
-    for column in out.columns:
-        series = out[column]
-        if pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series):
-            out[column] = series.map(neutralise_csv_cell)
-    return out
