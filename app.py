@@ -24,11 +24,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 import argparse  # noqa: E402
+import errno  # noqa: E402
 import gc  # noqa: E402
 import hmac  # noqa: E402
 import html  # noqa: E402
 import logging  # noqa: E402
 import re  # noqa: E402
+import socket  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -41,10 +43,11 @@ import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from assistant.constraints import sanitize_message  # noqa: E402
-from assistant.conversation import MAX_MESSAGE_CHARS, Cart, Conversation, Reply  # noqa: E402
+from assistant.conversation import MAX_MESSAGE_CHARS, Cart, CartLine, Conversation, Reply  # noqa: E402
 from assistant.feedback import FeedbackStore  # noqa: E402
 from assistant.privacy import neutralise_frame  # noqa: E402
 from assistant.service import BundleAssistant, ServiceError, ShownBundle  # noqa: E402
+from retrieval.buildtime import CJ_BUILD_ESTIMATE  # noqa: E402
 from retrieval.config import OBJECTIVE_COMPONENTS, ObjectiveConfig, Settings  # noqa: E402
 from retrieval.index import read_current  # noqa: E402
 from retrieval.profiles import UserProfile, price_word  # noqa: E402
@@ -54,7 +57,9 @@ log = logging.getLogger("bundle_assistant.app")
 
 MERCH_USER_ENV, MERCH_PASSWORD_ENV = "BUNDLE_MERCH_USER", "BUNDLE_MERCH_PASSWORD"
 GUEST_KEY = "guest"
+EXIT_USER_ERROR = 2
 CARDS = 3
+CART_LINES = 6  # editable cart lines on screen; more stay in the cart and its total
 MERCH_SESSION_S = 8 * 3600
 # Real Complete Journey households with demographics and long histories, of different
 # household types; a smaller index (a slice) falls back to the households it has.
@@ -173,7 +178,7 @@ def card_html(bundle: ShownBundle) -> str:
     source = "suggested by the assistant" if bundle.source == "llm" else "built from shopping patterns"
     note = f'<div class="ba-note">“{_e(bundle.llm_reason)}”</div>' if bundle.llm_reason else ""
     return (
-        f'<div class="ba-card" data-rank="{bundle.rank}">'
+        f'<div class="ba-card" data-rank="{bundle.rank}" data-name="{_e(bundle.name)}">'
         f'<div class="ba-head"><span class="ba-rank">{bundle.rank}</span>'
         f'<span class="ba-name">{_e(bundle.name)}</span>'
         f'<span class="ba-price">{money(bundle.bundle_price)}</span></div>{save}'
@@ -185,17 +190,31 @@ def card_html(bundle: ShownBundle) -> str:
 
 
 def cart_html(cart: Cart) -> str:
+    """The cart's summary: title, total and savings. Its lines are :func:`cart_line_html`."""
     if not cart.lines:
-        return '<div class="ba-cart"><div class="ba-cart-title">Your cart</div><div class="ba-muted">Empty — add a bundle you like.</div></div>'
-    rows = "".join(
-        f'<li><span>{line.quantity} × {_e(line.name)}</span><span>{money(line.line_total)}</span></li>'
-        for line in cart.lines
-    )
+        return ('<div class="ba-cart"><div class="ba-cart-title">Your cart</div>'
+                '<div class="ba-muted">Empty — add a bundle you like.</div></div>')
     savings = f'<div class="ba-save">You save {money(cart.savings)}</div>' if cart.savings else ""
+    more = len(cart.lines) - CART_LINES
+    hidden = (f'<div class="ba-muted">and {more} more bundle{"s" if more > 1 else ""} '
+              f'(remove a line to edit them)</div>') if more > 0 else ""
     return (f'<div class="ba-cart"><div class="ba-cart-title">Your cart ({cart.count})</div>'
-            f'<ul class="ba-items">{rows}</ul>'
             f'<div class="ba-total">Total <span class="ba-cart-total">{money(cart.total)}</span></div>'
-            f'{savings}</div>')
+            f'{savings}{hidden}</div>')
+
+
+def cart_line_html(line: CartLine, number: int) -> str:
+    """One cart line: its name, quantity and total, and the items it holds."""
+    items = "".join(
+        f'<li><span class="ba-item">{_e(i.get("title", ""))}</span>'
+        f'<span class="ba-item-price">{money(i.get("price"))}</span></li>'
+        for i in line.items
+    )
+    return (f'<div class="ba-line" data-line="{number}" data-name="{_e(line.name)}">'
+            f'<div class="ba-head"><span class="ba-name">{_e(line.name)}</span>'
+            f'<span class="ba-line-total">{money(line.line_total)}</span></div>'
+            f'<div class="ba-muted"><span class="ba-qty">{line.quantity}</span> × {money(line.bundle_price)}</div>'
+            f'<ul class="ba-items">{items}</ul></div>')
 
 
 def understood_html(reply: Reply | None) -> str:
@@ -228,34 +247,91 @@ def chat_markdown(reply: Reply) -> str:
     return "\n\n".join(lines)
 
 
+# Colours as variables, with a dark set: every text pair here meets WCAG AA (4.5:1) on the
+# card and page backgrounds of both Gradio modes, and bar fills 3:1 against their track
+# (tests/test_browser.py measures them).
 CSS = """
-.ba-card{border:1px solid var(--border-color-primary);border-radius:12px;padding:10px 14px;
-  background:var(--background-fill-primary);box-shadow:0 1px 2px rgba(0,0,0,.05)}
+:root{--ba-accent:#047857;--ba-accent-fg:#ffffff;--ba-chip-bg:#e5e7eb;--ba-chip-fg:#111827;
+  --ba-subdued:#4b5563;--ba-track:#d1d5db;--ba-fill:#047857;--ba-neg:#c2410c}
+.dark{--ba-accent:#34d399;--ba-accent-fg:#052e16;--ba-chip-bg:#374151;--ba-chip-fg:#f9fafb;
+  --ba-subdued:#d1d5db;--ba-track:#4b5563;--ba-fill:#34d399;--ba-neg:#fb923c}
+.ba-card,.ba-line{border:1px solid var(--border-color-primary);border-radius:12px;padding:10px 14px;
+  background:var(--background-fill-primary);color:var(--body-text-color);box-shadow:0 1px 2px rgba(0,0,0,.05)}
+.ba-line{padding:8px 12px}
 .ba-head{display:flex;align-items:baseline;gap:8px}
-.ba-rank{background:#059669;color:#fff;border-radius:999px;min-width:1.6em;text-align:center;
-  font-weight:700;font-size:.85em;padding:1px 6px}
+.ba-rank{background:var(--ba-accent);color:var(--ba-accent-fg);border-radius:999px;min-width:1.6em;
+  text-align:center;font-weight:700;font-size:.85em;padding:1px 6px}
 .ba-name{font-weight:600;flex:1}
-.ba-price{font-weight:700;font-size:1.3em;color:#047857}
-.ba-save{font-size:.85em;color:#047857}
-.ba-muted,.ba-quiet{color:var(--body-text-color-subdued);font-size:.85em}
+.ba-price{font-weight:700;font-size:1.3em;color:var(--ba-accent)}
+.ba-line-total{font-weight:700;color:var(--ba-accent);font-variant-numeric:tabular-nums}
+.ba-save{font-size:.85em;color:var(--ba-accent)}
+.ba-muted,.ba-quiet{color:var(--ba-subdued);font-size:.85em}
 .ba-items{list-style:none;padding:0;margin:6px 0}
 .ba-items li{display:flex;justify-content:space-between;gap:10px;padding:2px 0;font-size:.9em;
   border-bottom:1px dashed var(--border-color-primary)}
+.ba-line .ba-items li{font-size:.8em}
 .ba-item-price{white-space:nowrap;font-variant-numeric:tabular-nums}
 .ba-why summary{cursor:pointer;font-size:.85em}
 .ba-bar{display:grid;grid-template-columns:8.5em 1fr 3.5em;gap:6px;align-items:center;font-size:.8em;margin:2px 0}
-.ba-track{background:var(--neutral-200,#e5e7eb);border-radius:4px;height:8px;overflow:hidden;display:block}
-.ba-fill{background:#10b981;height:100%;display:block}
-.ba-fill.neg{background:#f97316}
+.ba-track{background:var(--ba-track);border-radius:4px;height:8px;overflow:hidden;display:block}
+.ba-fill{background:var(--ba-fill);height:100%;display:block}
+.ba-fill.neg{background:var(--ba-neg)}
 .ba-bar-num{text-align:right;font-variant-numeric:tabular-nums}
-.ba-note{font-size:.78em;color:var(--body-text-color-subdued);margin-top:4px}
+.ba-note{font-size:.78em;color:var(--ba-subdued);margin-top:4px}
 .ba-cart{border:1px solid var(--border-color-primary);border-radius:12px;padding:10px 14px}
 .ba-cart-title{font-weight:600}
 .ba-total{display:flex;justify-content:space-between;font-weight:700;font-size:1.1em;margin-top:4px}
 .ba-understood{display:flex;flex-wrap:wrap;gap:4px}
-.ba-chip{background:var(--neutral-100,#f3f4f6);border-radius:999px;padding:1px 8px;font-size:.8em}
-.ba-slot{gap:6px !important}
+.ba-chip{background:var(--ba-chip-bg);color:var(--ba-chip-fg);border-radius:999px;padding:1px 8px;font-size:.8em}
+.ba-slot,.ba-line-slot{gap:6px !important}
+.ba-line-slot button{min-width:2.6em !important}
+/* the chat's floating label and icons get a band of their own instead of covering messages */
+#chat .wrapper{padding-top:36px;box-sizing:border-box}
+#chat .bubble-wrap{height:100%}
+.ba-persona-info p{margin:0}
+@media (max-width:640px){
+  /* a phone: everything above the first card fits in one screen (tests/test_browser.py) */
+  .ba-title h2{font-size:1.1em;margin:0 !important}
+  .ba-persona{flex-direction:column;gap:4px !important}
+  .ba-persona-info *{font-size:13px !important;line-height:1.35 !important}
+  #chat{height:min(280px,34vh) !important}
+  .ba-chips{flex-wrap:nowrap !important;overflow-x:auto;gap:6px !important}
+  .ba-chips > *{flex:0 0 auto !important;min-width:0 !important;width:auto !important}
+  .ba-main,.ba-chat-col,.ba-cards-col{gap:8px !important}
+  /* once there is an answer the examples make room for it (Gradio prefixes every rule
+     here with its container, so the anchor is our own row) */
+  .ba-main:has(#bundle-card-1 .ba-card) #ba-examples{display:none !important}
+}
 """
+
+# Accessible names that say which bundle a button acts on ("Add bundle 2, Beef taco night,
+# to cart"): Gradio buttons take no aria-label, so this sets it from the card next to them,
+# again whenever the cards change.
+HEAD = """<script>
+(() => {
+  const name = (el, text) => { if (el && el.getAttribute('aria-label') !== text) el.setAttribute('aria-label', text); };
+  const label = () => {
+    document.querySelectorAll('.ba-slot').forEach(slot => {
+      const card = slot.querySelector('.ba-card');
+      if (!card) return;
+      const what = `bundle ${card.dataset.rank}, ${card.dataset.name}`;
+      name(slot.querySelector('button.ba-add'), `Add ${what}, to cart`);
+      name(slot.querySelector('button.ba-like'), `Like ${what}`);
+      name(slot.querySelector('button.ba-dislike'), `Not for me: ${what}`);
+    });
+    document.querySelectorAll('.ba-line-slot').forEach(slot => {
+      const line = slot.querySelector('.ba-line');
+      if (!line) return;
+      const what = line.dataset.name;
+      name(slot.querySelector('button.ba-less'), `One less ${what}`);
+      name(slot.querySelector('button.ba-more'), `One more ${what}`);
+      name(slot.querySelector('button.ba-remove'), `Remove ${what} from the cart`);
+    });
+  };
+  new MutationObserver(label).observe(document.documentElement, {subtree: true, childList: true, characterData: true});
+})();
+</script>"""
+
 
 
 # ------------------------------------------------------------------------------ sessions
@@ -394,6 +470,32 @@ def build_app(
         session.conversation.clear_cart()
         return cart_html(session.conversation.cart), session.conversation.cart.as_dict(), session
 
+    def cart_line_outputs(cart: Cart) -> list[Any]:
+        lines = cart.lines[:CART_LINES]
+        htmls = [cart_line_html(lines[i], i + 1) if i < len(lines) else "" for i in range(CART_LINES)]
+        return htmls + [gr.update(visible=i < len(lines)) for i in range(CART_LINES)]
+
+    def show_cart_lines(session: ShopperSession | None):
+        return cart_line_outputs(session.conversation.cart if session else Cart())
+
+    def line_handler(kind: str, number: int):
+        """One less / one more / remove, on cart line ``number`` (1-based)."""
+        def handler(persona: str, session: ShopperSession | None):
+            session = session_for(persona, session)
+            cart = session.conversation.cart
+            try:
+                line = cart.line(number)
+                if kind == "remove" or (kind == "less" and line.quantity <= 1):
+                    cart.remove(number)
+                    gr.Info(f"Removed “{line.name}” from your cart.", duration=3)
+                else:
+                    cart.set_quantity(number, line.quantity + (1 if kind == "more" else -1))
+            except IndexError:  # a stale page: the line went in another tab's click
+                gr.Warning("That cart line is no longer there; this is your cart now.")
+            return (cart_html(cart), cart.as_dict(), *cart_line_outputs(cart), session)
+        handler.__name__ = f"cart_line_{number}_{kind}"
+        return handler
+
     # -- merchandiser handlers --------------------------------------------------------
 
     def require_merch(auth: MerchAuth | None) -> None:
@@ -408,7 +510,8 @@ def build_app(
         if not check_credentials(creds, user, password):
             time.sleep(0.5)  # slows down guessing
             return None, "Wrong user name or password.", gr.update(visible=False)
-        return MerchAuth(user=str(user), since=time.time()), f"Signed in as **{_md(str(user))}**.", gr.update(visible=True)
+        signed_in = MerchAuth(user=str(user), since=time.time())
+        return signed_in, f"Signed in as **{_md(str(user))}**.", gr.update(visible=True)
 
     def merch_logout(auth: MerchAuth | None):
         return None, "Signed out.", gr.update(visible=False)
@@ -468,42 +571,57 @@ def build_app(
     # -- layout -----------------------------------------------------------------------
 
     with gr.Blocks(title="Bundle assistant") as demo:
-        gr.Markdown("## Bundle assistant")
+        gr.Markdown("## Bundle assistant", elem_classes="ba-title")
         with gr.Tabs():
             with gr.Tab("Shop", id="shop"):
                 session_state = gr.State(None)
-                with gr.Row(equal_height=False):
-                    with gr.Column(scale=5):
-                        with gr.Row():
+                with gr.Row(equal_height=False, elem_classes="ba-main"):
+                    with gr.Column(scale=5, elem_classes="ba-chat-col"):
+                        with gr.Row(elem_classes="ba-persona"):
                             persona = gr.Dropdown(choices=[(p.label, p.key) for p in personas],
                                                   value=personas[0].key, label="Shopping as", scale=1)
-                            persona_info = gr.Markdown(personas[0].description)
+                            persona_info = gr.Markdown(personas[0].description, elem_classes="ba-persona-info")
                         chatbot = gr.Chatbot(label="Assistant", height=430, buttons=["copy"],
-                                             feedback_options=None,
+                                             feedback_options=None, elem_id="chat",
                                              placeholder="Ask for bundle ideas — a meal, an occasion, a budget.")
                         with gr.Row():
                             message = gr.Textbox(placeholder="e.g. " + EXAMPLES[0], show_label=False,
                                                  scale=6, max_lines=3, max_length=500, autofocus=True)
                             send = gr.Button("Send", variant="primary", scale=1, min_width=80)
-                        with gr.Row():
+                        with gr.Row(elem_classes="ba-chips"):
                             chip_buttons = [gr.Button(label, size="sm") for label, _ in CHIPS]
-                        gr.Examples(list(EXAMPLES), inputs=message, label="Try")
-                    with gr.Column(scale=4):
+                        with gr.Column(elem_id="ba-examples"):
+                            gr.Examples(list(EXAMPLES), inputs=message, label="Try")
+                    with gr.Column(scale=4, elem_classes="ba-cards-col"):
                         understood = gr.HTML()
                         slots, card_views, cart_buttons, likes, dislikes = [], [], [], [], []
                         for i in range(cards):
                             with gr.Column(visible=False, elem_classes="ba-slot") as slot:
                                 card_views.append(gr.HTML(elem_id=f"bundle-card-{i + 1}"))
                                 with gr.Row():
-                                    cart_buttons.append(gr.Button("Add bundle to cart", variant="primary",
-                                                                  size="sm", scale=3))
-                                    likes.append(gr.Button("Like", size="sm", scale=1, min_width=60))
-                                    dislikes.append(gr.Button("Not for me", size="sm", scale=1, min_width=60))
+                                    cart_buttons.append(gr.Button("Add to cart", variant="primary", size="sm",
+                                                                  scale=3, elem_classes="ba-add"))
+                                    likes.append(gr.Button("Like", size="sm", scale=1, min_width=60,
+                                                           elem_classes="ba-like"))
+                                    dislikes.append(gr.Button("Not for me", size="sm", scale=1, min_width=60,
+                                                              elem_classes="ba-dislike"))
                             slots.append(slot)
                         reason = gr.Textbox(label="Why? (optional, sent with Like / Not for me)", max_lines=1,
                                             max_length=300)
                         feedback_note = gr.Markdown()
                         cart_view = gr.HTML(cart_html(Cart()), elem_id="cart")
+                        line_views, line_slots, line_buttons = [], [], []
+                        for i in range(CART_LINES):
+                            with gr.Column(visible=False, elem_classes="ba-line-slot",
+                                           elem_id=f"cart-line-{i + 1}") as line_slot:
+                                line_views.append(gr.HTML())
+                                with gr.Row():
+                                    line_buttons.append((
+                                        gr.Button("−", size="sm", scale=1, elem_classes="ba-less"),
+                                        gr.Button("+", size="sm", scale=1, elem_classes="ba-more"),
+                                        gr.Button("Remove", size="sm", scale=2, elem_classes="ba-remove"),
+                                    ))
+                            line_slots.append(line_slot)
                         cart_json = gr.JSON(visible=False)
                         empty_cart = gr.Button("Empty cart", size="sm")
                         bundles_json = gr.JSON(visible=False)
@@ -515,19 +633,31 @@ def build_app(
                 for button, (label, api) in zip(chip_buttons, CHIPS):
                     button.click(chip_handler(label), [persona, session_state], chat_outputs,
                                  api_name=api, **common)
+                # the cart's lines follow every change of the cart (a step of its own, so the
+                # add/empty/persona endpoints keep their outputs for gradio_client)
+                line_outputs = [*line_views, *line_slots]
+                hidden = {"api_visibility": "private", "show_progress": "hidden"}
                 persona.change(set_persona, [persona, session_state],
                                [chatbot, bundles_json, understood, *card_views, *slots, cart_view, cart_json,
-                                persona_info, session_state], api_name="set_persona")
+                                persona_info, session_state], api_name="set_persona"
+                               ).then(show_cart_lines, [session_state], line_outputs, **hidden)
                 for i in range(cards):
                     n = i + 1
                     cart_buttons[i].click(cart_handler(n), [persona, session_state],
-                                          [cart_view, cart_json, session_state], api_name=f"add_to_cart_{n}")
+                                          [cart_view, cart_json, session_state], api_name=f"add_to_cart_{n}"
+                                          ).then(show_cart_lines, [session_state], line_outputs, **hidden)
                     likes[i].click(thumb_handler("like", n), [reason, persona, session_state],
                                    [reason, feedback_note, session_state], api_name=f"like_{n}")
                     dislikes[i].click(thumb_handler("dislike", n), [reason, persona, session_state],
                                       [reason, feedback_note, session_state], api_name=f"dislike_{n}")
                 empty_cart.click(clear_cart, [persona, session_state], [cart_view, cart_json, session_state],
-                                 api_name="empty_cart")
+                                 api_name="empty_cart"
+                                 ).then(show_cart_lines, [session_state], line_outputs, **hidden)
+                for i, buttons in enumerate(line_buttons):
+                    for button, kind in zip(buttons, ("less", "more", "remove")):
+                        button.click(line_handler(kind, i + 1), [persona, session_state],
+                                     [cart_view, cart_json, *line_outputs, session_state],
+                                     api_name=f"cart_line_{i + 1}_{kind}")
 
             with gr.Tab("Merchandiser", id="merchandiser"):
                 auth_state = gr.State(None)
@@ -619,32 +749,61 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, *,
     demo.queue(default_concurrency_limit=16, max_size=256)
     _, url, _ = demo.launch(
         server_name=host, server_port=port, prevent_thread_lock=prevent_thread_lock, quiet=quiet,
-        css=CSS, theme=gr.themes.Soft(primary_hue="emerald"), footer_links=["api"],
+        css=CSS, head=HEAD, theme=gr.themes.Soft(primary_hue="emerald"), footer_links=["api"],
         ssr_mode=False, mcp_server=False, share=False, inbrowser=False,
     )
     return url
 
 
 def ensure_index(settings: Settings, limit: int | None = None, out=sys.stderr) -> bool:
-    """Build the Complete Journey index when the data dir has none. True when built."""
+    """Build the Complete Journey index when the data dir has none. True when built.
+    Raises :class:`PartialBuild` (nothing switched) when the data would not make an index."""
     if read_current(Path(settings.data_dir)) is not None:
         return False
     from assistant.privacy import pseudonymise
+    from retrieval.buildtime import CJ_BUILD_ESTIMATE, BuildProgress
     from retrieval.index import build_index
     from retrieval.sources import load_source
 
     what = f"a {limit}-household slice of" if limit else "the full"
     print(f"No index in {settings.data_dir}: building {what} Complete Journey data. This happens "
-          f"once and takes {'a minute or two' if limit else 'about 3 minutes on 2 CPU cores'}.",
-          file=out, flush=True)
-    ds = load_source("completejourney", None, settings=settings, limit=limit)
-    s = ds.summary()
-    print(f"  loaded {s['products']} products, {s['interactions']} purchases, {s['users']} households",
-          file=out, flush=True)
-    build_index(ds, settings, pseudonymise=lambda u: pseudonymise(u, data_dir=settings.data_dir),
-                progress=True, on_stage=lambda stage: print(f"  [{stage}]", file=out, flush=True))
+          f"once and takes {'a minute or two' if limit else CJ_BUILD_ESTIMATE}.", file=out, flush=True)
+    progress = BuildProgress(out, marker="  [{}]")
+    try:
+        ds = load_source("completejourney", None, settings=settings, limit=limit)
+        s = ds.summary()
+        progress.bar.write(f"  loaded {s['products']} products, {s['interactions']} purchases, "
+                           f"{s['users']} households", file=out)
+        build_index(ds, settings, pseudonymise=lambda u: pseudonymise(u, data_dir=settings.data_dir),
+                    progress=True, on_stage=progress.stage)
+        progress.close()
+    finally:
+        progress.bar.leave = False
+        progress.bar.close()
     print("  index ready.", file=out, flush=True)
     return True
+
+
+def listen_problem(host: str, port: int) -> str | None:
+    """Why the app could not listen on ``host:port``, or None when it can. Probed before
+    the minutes of warm-up, so a busy port fails at once. SO_REUSEADDR as the server
+    itself uses it: a port left in TIME_WAIT by an app just stopped is free."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        return f"cannot listen on {host}: {exc}; pass --host 127.0.0.1 (or set GRADIO_SERVER_NAME)"
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (f"port {port} on {host} is already in use (another app.py?); "
+                        f"start on another port with --port {port + 1 if port < 65535 else 7861} "
+                        "(or set GRADIO_SERVER_PORT)")
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --host or --port"
+    return None
 
 
 def warm_up(assistant: BundleAssistant, use_llm: bool, out=sys.stderr) -> bool:
@@ -666,28 +825,70 @@ def warm_up(assistant: BundleAssistant, use_llm: bool, out=sys.stderr) -> bool:
     return True
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port number") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"a port is 1..65535, got {text}")
+    return value
+
+
+def _fail(message: str) -> int:
+    """One line on stderr and exit code 2, the CLI's convention for what the user can fix."""
+    print(f"app.py: error: {message}", file=sys.stderr, flush=True)
+    return EXIT_USER_ERROR
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Bundle assistant web app (Gradio)")
-    parser.add_argument("--host", default=os.environ.get("BUNDLE_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("BUNDLE_PORT", "7860")))
+    from retrieval.config import env_settings
+    from retrieval.embeddings import EmbeddingModelMissing
+    from retrieval.index import IndexMissing
+    from retrieval.schema import SchemaError
+    from retrieval.store import StoreUnavailable
+    from retrieval.validation import PartialBuild
+
+    env = env_settings()  # BUNDLE_HOST/PORT, else Gradio's own GRADIO_SERVER_NAME/PORT
+    parser = argparse.ArgumentParser(
+        description="Bundle assistant web app (Gradio)",
+        epilog="With no index in the data dir the first start builds the Complete Journey index "
+               f"({CJ_BUILD_ESTIMATE}).")
+    parser.add_argument("--host", default=env.host, help="default $BUNDLE_HOST, $GRADIO_SERVER_NAME or %(default)s")
+    parser.add_argument("--port", type=_port, default=env.port,
+                        help="default $BUNDLE_PORT, $GRADIO_SERVER_PORT or %(default)s")
     parser.add_argument("--data-dir", type=Path, help="index folder (default: $BUNDLE_DATA_DIR or the user cache)")
     parser.add_argument("--limit", type=int, help="if no index exists, build only this many households (quick)")
     parser.add_argument("--no-llm", action="store_true", help="rules only: no LLM intro or proposals")
     parser.add_argument("--model", help="another causal LM (local path or cached hub id)")
     parser.add_argument("--personas", type=int, default=4, help="households in the persona picker")
     args = parser.parse_args(argv)
+    problem = listen_problem(args.host, args.port)
+    if problem:
+        return _fail(problem)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = Settings(**({"data_dir": args.data_dir} if args.data_dir else {}))
     if args.model:
         settings.llm.model = args.model
-    ensure_index(settings, limit=args.limit)
-    assistant = BundleAssistant(settings)
-    use_llm = warm_up(assistant, not args.no_llm)
-    demo = build_app(assistant, use_llm=use_llm, personas=discover_personas(assistant, args.personas))
+    fix = f"`bundle-assistant index --force --data-dir {settings.data_dir}` rebuilds it"
+    try:
+        ensure_index(settings, limit=args.limit)
+        assistant = BundleAssistant(settings)
+        use_llm = warm_up(assistant, not args.no_llm)
+        demo = build_app(assistant, use_llm=use_llm, personas=discover_personas(assistant, args.personas))
+    except PartialBuild as exc:
+        return _fail(f"could not build the first index: {exc}")
+    except (IndexMissing, StoreUnavailable) as exc:
+        return _fail(f"{exc}" if "bundle-assistant index" in str(exc) else f"{exc}; {fix}")
+    except (EmbeddingModelMissing, SchemaError) as exc:
+        return _fail(str(exc))
     if merch_credentials_from_env() is None:
         print(f"merchandiser tab off: set {MERCH_USER_ENV} and {MERCH_PASSWORD_ENV} to enable it", file=sys.stderr)
     print(f"open http://{args.host}:{args.port}", file=sys.stderr, flush=True)
-    launch(demo, args.host, args.port)
+    try:
+        launch(demo, args.host, args.port)
+    except OSError as exc:  # taken between the probe and now
+        return _fail(listen_problem(args.host, args.port) or f"could not start the server: {exc}")
     return 0
 
 

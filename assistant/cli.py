@@ -70,10 +70,12 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from retrieval.buildtime import CJ_BUILD_ESTIMATE, MAX_REJECTED_SHARE
+
     parser = argparse.ArgumentParser(
         prog="bundle-assistant",
         description="LLM-based product-bundle assistant: index a catalogue, then search and recommend bundles.",
-        epilog="Start with `bundle-assistant index` (Complete Journey, ~10 min on 2 cores), "
+        epilog=f"Start with `bundle-assistant index` (Complete Journey: {CJ_BUILD_ESTIMATE}), "
                "then `bundle-assistant recommend --query 'taco night'`.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -89,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--map", type=_column_map, default={}, help="column mapping for csv/parquet: ours=theirs,...")
     p.add_argument("--margins", type=Path, help="merchandiser CSV: product_id,margin_rate or department,margin_rate")
     p.add_argument("--force", action="store_true", help="rebuild even when nothing changed")
+    p.add_argument("--force-partial", action="store_true",
+                   help="build even when more than --max-rejected-share of the rows are rejected "
+                        "(a build with no products is always refused)")
+    p.add_argument("--max-rejected-share", type=_share, default=MAX_REJECTED_SHARE,
+                   help="refuse a build that rejects more than this share of its rows, keeping the old "
+                        "index (default %(default)s)")
     _common(p)
 
     p = sub.add_parser("profile", help="show a user's profile")
@@ -119,18 +127,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parse", action="store_true", help="also read budget/servings/exclusions from --query")
     _common(p)
 
+    p = sub.add_parser("ideas", help="merchandisers: distinct bundle ideas for a theme",
+                       description="What the merchandiser console shows: the theme's parsed need, N distinct "
+                                   "ideas with their products, prices, margin after discount, every score "
+                                   "component and projected performance (estimates from the loaded history), "
+                                   "plus why fewer ideas came back when they did.")
+    p.add_argument("theme", help="e.g. 'back-to-school lunch bundles, margin at least 30%%'")
+    p.add_argument("--k", type=_positive_int, default=10, help="ideas to show (default 10)")
+    p.add_argument("--min-margin", type=_margin_share,
+                   help="minimum bundle margin after discount: 0.3 or 30 both mean 30%% (overrides the theme)")
+    p.add_argument("--weights", type=_weights, help="objective weights, e.g. margin=0.5,preference=0.3,sales=0.2")
+    p.add_argument("--llm", action="store_true", help="also let the LLM propose bundles (slower)")
+    p.add_argument("--model", help="a local path or hub id of another causal LM (default: packaged SmolLM2)")
+    p.add_argument("--csv", type=Path, help="also write the ideas table to this CSV file (spreadsheet-safe)")
+    _common(p)
+
     p = sub.add_parser("eval", help="offline evaluation protocols")
-    p.add_argument("--protocol", required=True, choices=["cj-completion", "bundlerec-completion", "bundlerec-generation"])
-    p.add_argument("--data-dir", type=Path, help="BundleRec-layout folder for the bundlerec protocols")
+    p.add_argument("--protocol", required=True,
+                   choices=["cj-completion", "bundlerec-completion", "bundlerec-generation", "shopper-scenarios"])
+    p.add_argument("--data-dir", type=Path, help="BundleRec-layout folder for the bundlerec protocols; "
+                                                 "the index folder for shopper-scenarios")
+    p.add_argument("--scenarios", type=Path, help="shopper-scenarios: the scenario file (eval/scenarios/README.md)")
     p.add_argument("--cases", type=_positive_int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--variants", default="rule,llm,llm+rule")
+    p.add_argument("--variants", default="rule,llm,llm+rule", help="system variants, or 'none' for baselines only")
     p.add_argument("--out", type=Path, default=Path("eval/results"))
     p.add_argument("--llm-cases", type=_positive_int, default=None,
                    help="run the llm and llm+rule variants on the first N cases only (default: per protocol)")
     p.add_argument("--limit", type=_positive_int, help="keep only the N lowest user ids of the source (a quick slice)")
     p.add_argument("--work-dir", type=Path,
                    help="where the eval builds its own index from the training part (default: the user cache)")
+    p.add_argument("--split", choices=["test", "dev"], default="test",
+                   help="test: the reported numbers; dev: a split carved from the training data, for choosing "
+                        "weights and thresholds (writes <protocol>-dev.json)")
+    p.add_argument("--tune-baselines", action="store_true",
+                   help="with --split dev: choose the tunable baselines' parameters on the dev cases and record "
+                        "them in OUT/dev-choices.json, which later runs read")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("feedback", help="the feedback event store")
@@ -167,30 +199,59 @@ def _emit(args, payload, text: str) -> None:
         print(text)
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
 def cmd_index(args) -> int:
+    from retrieval.buildtime import BuildProgress
     from retrieval.index import build_index
-    from retrieval.sources import load_source
+    from retrieval.sources import interactions_file_for, load_source
+    from retrieval.validation import where
 
     from .privacy import pseudonymise
 
     settings = _settings(args)
     print(f"loading {args.source} ...", file=sys.stderr)
-    ds = load_source(args.source, args.path, settings=settings, limit=args.limit,
-                     column_map=args.map, margins_csv=args.margins)
-    summary = ds.summary()
-    print(f"loaded {summary['products']} products, {summary['interactions']} interactions, "
-          f"{summary['users']} users; rejected {summary['rejected']} rows", file=sys.stderr)
-    report = build_index(ds, settings, pseudonymise=lambda u: pseudonymise(u, data_dir=settings.data_dir),
-                         force=args.force, progress=not args.json,
-                         on_stage=lambda s: print(f"[{s}]", file=sys.stderr))
-    payload = {**report.as_dict(), "data_dir": str(settings.data_dir),
+    if args.source in ("csv", "parquet") and args.path is not None and args.path.exists():
+        beside = interactions_file_for(args.path)
+        folder = args.path if args.path.is_dir() else args.path.parent
+        print(f"interactions: {beside}" if beside else
+              f"interactions: none (no interactions.csv or interactions.parquet in {folder}); "
+              "building without purchase history: no profiles, no co-purchase statistics", file=sys.stderr)
+    progress = BuildProgress(sys.stderr, disable=args.json)
+    try:
+        ds = load_source(args.source, args.path, settings=settings, limit=args.limit,
+                         column_map=args.map, margins_csv=args.margins)
+        summary = ds.summary()
+        progress.bar.write(f"loaded {summary['products']} products, {summary['interactions']} interactions, "
+                           f"{summary['users']} users; rejected {summary['rejected']} rows", file=sys.stderr)
+        report = build_index(ds, settings, pseudonymise=lambda u: pseudonymise(u, data_dir=settings.data_dir),
+                             force=args.force, progress=not args.json, on_stage=progress.stage,
+                             max_rejected_share=args.max_rejected_share, allow_partial=args.force_partial)
+        progress.close()
+    finally:
+        progress.bar.leave = False  # a refused build ends in its one-line error, not a half bar
+        progress.bar.close()
+    quarantine_file = Path(settings.data_dir) / "builds" / report.build_id / "quarantine.csv"
+    payload = {**report.as_dict(), "data_dir": str(settings.data_dir), "quarantine_report": str(quarantine_file),
                "quarantine": [r.as_dict() for r in ds.quarantine[:20]]}
+    by_file = f" {summary['rejected_by_file']}" if summary["rejected"] else ""
     lines = [f"index {'unchanged' if report.skipped else 'built'}: {report.build_id} in {settings.data_dir}",
-             f"  products {summary['products']} (priced {summary['products_priced']}, in stock {summary['products_in_stock']})",
+             f"  products {summary['products']} (priced {summary['products_priced']}, "
+             f"in stock {summary['products_in_stock']})",
              f"  interactions {summary['interactions']}, users {summary['users']}",
-             f"  rejected rows {summary['rejected']}" + (f" {summary['rejected_by_file']}" if summary["rejected"] else "")]
+             f"  rejected rows {summary['rejected']}{by_file}"]
     for r in ds.quarantine[:5]:
-        lines.append(f"    {r.file} row {r.row} field {r.field}: {r.reason} ({r.value!r})")
+        lines.append(f"    {r.file} {where(r)} field {r.field}: {r.reason} ({r.value!r})")
+    if summary["rejected"]:
+        lines.append(f"  quarantine report (every rejected row): {quarantine_file}")
     if report.seconds:
         lines.append("  seconds " + ", ".join(f"{k} {v}" for k, v in report.seconds.items()))
     _emit(args, payload, "\n".join(lines))
@@ -229,32 +290,35 @@ def cmd_recommend(args) -> int:
         raise CLIError("--min-margin must be in [0, 1)")
     fields = {"budget": args.budget, "exclude": list(args.exclude), "min_margin": args.min_margin}
     query = args.query
-    if args.parse and query:
-        from .constraints import parse_message
-
-        parsed = parse_message(query)
-        understood = parsed.to_constraints()
-        fields["budget"] = fields["budget"] or understood.budget
-        fields["exclude"] = fields["exclude"] + list(understood.exclude)
-        fields["servings"] = understood.servings
-        query = parsed.query or query
     assistant = BundleAssistant(_settings(args))
+    need = None
+    if args.parse and query:
+        # the same understanding and composition as the chat (BundleAssistant.understand)
+        need = assistant.understand(query)
+        query = need.text or query
     rec = assistant.recommend(user_id=args.user, query=query, anchors=tuple(args.anchor),
                               constraints=Constraints(**fields), k=args.k, use_llm=not args.no_llm,
-                              mode=args.mode, weights=args.weights)
+                              mode=args.mode, weights=args.weights, need=need)
     _emit(args, rec.model_dump(), format_recommendation(rec))
     return 0
 
 
 def format_recommendation(rec) -> str:
     lines = [f"profile: {rec.profile_summary}"]
+    if rec.need is not None:
+        n = rec.need
+        said = {"occasion": n.occasion, "servings": n.servings, "days": n.days, "budget": n.budget,
+                "diets": ", ".join(n.diets), "exclude": ", ".join(n.exclude)}
+        lines.append("need: " + "; ".join(f"{k} {v}" for k, v in said.items() if v))
     for note in rec.notes:
         lines.append(f"note: {note}")
     for b in rec.bundles:
         price = f"${b.bundle_price:.2f} (save ${b.savings:.2f})" if b.price_known else "price unknown"
         lines.append(f"\n#{b.rank} {b.name} — {price} — score {b.score:.3f} [{b.source}]")
         for item in b.items:
-            lines.append(f"   {item.product_id:>10}  {('$%.2f' % item.price) if item.price else 'n/a':>8}  {item.title}")
+            qty = f"{item.quantity} x" if item.quantity > 1 else ""
+            unit = f"${item.price:.2f}" if item.price else "n/a"
+            lines.append(f"   {item.product_id:>10}  {unit:>8} {qty:>4}  {item.title}")
         parts = ", ".join(f"{k} {v.value:.2f}×{v.weight:.2f}" for k, v in b.score_breakdown.items())
         lines.append(f"   why: {b.explanation}  ({parts})")
         if b.llm_reason:
@@ -264,19 +328,95 @@ def format_recommendation(rec) -> str:
     return "\n".join(lines)
 
 
+def _margin_share(text: str) -> float:
+    try:
+        value = float(text.strip().rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    value = value / 100.0 if value >= 1 else value  # "30" means 30%
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a share in [0, 1) or a percentage below 100, got {text}")
+    return value
+
+
+def cmd_ideas(args) -> int:
+    from .service import BundleAssistant
+
+    assistant = BundleAssistant(_settings(args))
+    result = assistant.ideas(args.theme, k=args.k, min_margin=args.min_margin, weights=args.weights,
+                             use_llm=args.llm)
+    if args.csv:
+        result.write_csv(args.csv)
+    _emit(args, result.model_dump(mode="json"), format_ideas(result))
+    return 0
+
+
+def format_ideas(result) -> str:
+    lines = [f"theme: {result.theme}",
+             "understood: " + (", ".join(c.label for c in result.chips) or "no constraints")
+             + (f" — roles from '{result.need.text}'" if result.need.text else ""),
+             "objective: " + ", ".join(f"{k} {v:.2f}" for k, v in result.weights.items())]
+    for idea in result.ideas:
+        price = f"${idea.bundle_price:.2f} ({idea.discount:.0%} off ${idea.list_price:.2f})" if idea.price_known \
+            else "price unknown"
+        lines.append(f"\n#{idea.rank} {idea.name}\n   {price}, margin after discount {idea.margin_rate:.1%}, "
+                     f"score {idea.score:.3f}")
+        for item in idea.items:
+            unit = f"${item.unit_price:.2f}" if item.unit_price is not None else "n/a"
+            lines.append(f"   {item.product_id:>10}  {unit:>8}  {item.role:<24.24} {item.display_title or item.title}")
+        parts = ", ".join(f"{k} {v.value:.2f}×{v.weight:.2f}" for k, v in idea.score_breakdown.items())
+        lines.append(f"   score: {parts}")
+        p = idea.projection
+        if p is not None:
+            margin = f"${p.expected_margin_per_bundle:.2f}" if p.expected_margin_per_bundle is not None else "n/a"
+            lines.append(f"   projected (estimate): {p.baskets_two_plus} baskets held 2+ of its items, "
+                         f"{p.households_all} households bought all, item revenue ${p.item_revenue:,.2f}, "
+                         f"attach rate {p.attach_rate:.1%}, margin per bundle sold {margin}")
+    if result.ideas and result.ideas[0].projection is not None:
+        lines.append(f"\n{result.ideas[0].projection.label}")
+    for note in result.explanations:
+        lines.append(f"note: {note}")
+    lines.append(f"candidates {result.candidates}, margin range {result.margin_range}, timings {result.timings}")
+    return "\n".join(lines)
+
+
 def cmd_eval(args) -> int:
+    if args.protocol == "shopper-scenarios":
+        return _eval_scenarios(args)
     from eval.run import run_protocol
 
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    # "none": baselines only (e.g. with --tune-baselines)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip() and v.strip() != "none"]
     unknown = [v for v in variants if v not in ("rule", "llm", "llm+rule")]
-    if unknown or not variants:
-        raise CLIError(f"--variants must be some of rule,llm,llm+rule, got '{args.variants}'")
+    if unknown or (not variants and args.variants.strip() != "none"):
+        raise CLIError(f"--variants must be some of rule,llm,llm+rule (or none), got '{args.variants}'")
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise CLIError(f"--data-dir {args.data_dir} is not a folder")
+    if args.tune_baselines and args.split != "dev":
+        raise CLIError("--tune-baselines chooses parameters on the dev split only: add --split dev")
     result = run_protocol(args.protocol, data_dir=args.data_dir, cases=args.cases, seed=args.seed,
                           variants=variants, out=args.out, work_dir=args.work_dir, limit=args.limit,
-                          llm_cases=args.llm_cases if args.llm_cases else -1, progress=not args.json)
-    _emit(args, result, f"wrote {args.out}/{args.protocol}.json and .md")
+                          llm_cases=args.llm_cases if args.llm_cases else -1, progress=not args.json,
+                          split=args.split, tune_baselines=args.tune_baselines)
+    name = args.protocol + ("-dev" if args.split == "dev" else "")
+    _emit(args, result, f"wrote {args.out}/{name}.json and .md")
+    return 0
+
+
+def _eval_scenarios(args) -> int:
+    """Scripted conversations through the chat's own path (:mod:`eval.scenarios`)."""
+    from eval.scenarios import ScenarioError, run_scenarios, summary_text
+
+    if args.scenarios is None:
+        raise CLIError("--protocol shopper-scenarios needs --scenarios FILE (e.g. eval/scenarios/public.json)")
+    # The chat has two paths, rules and rules + LLM; the parser's default lists the others' three.
+    variants = ("rule,llm+rule" if args.variants == "rule,llm,llm+rule" else args.variants).split(",")
+    try:
+        report = run_scenarios(args.scenarios, variants=[v.strip() for v in variants if v.strip()],
+                               out=args.out, settings=_settings(args), progress=not args.json)
+    except ScenarioError as exc:
+        raise CLIError(str(exc)) from None
+    _emit(args, report, f"{summary_text(report)}\nwrote {args.out}/shopper-scenarios.json and .md")
     return 0
 
 
@@ -308,6 +448,7 @@ def cmd_forget(args) -> int:
 
 
 COMMANDS = {"index": cmd_index, "profile": cmd_profile, "search": cmd_search, "recommend": cmd_recommend,
+            "ideas": cmd_ideas,
             "eval": cmd_eval, "feedback": cmd_feedback, "forget": cmd_forget}
 
 
@@ -320,13 +461,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from retrieval.index import IndexMissing
     from retrieval.schema import SchemaError
     from retrieval.store import StoreUnavailable
+    from retrieval.validation import PartialBuild
 
     from .service import ServiceError
 
     try:
         return COMMANDS[args.command](args)
     except (CLIError, ServiceError, SchemaError, IndexMissing, StoreUnavailable, EmbeddingModelMissing,
-            FileNotFoundError) as exc:
+            FileNotFoundError, PartialBuild) as exc:
         print(f"bundle-assistant {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except ValidationError as exc:

@@ -23,11 +23,14 @@ import re
 import statistics
 import unicodedata
 from collections.abc import Iterable
-from functools import lru_cache
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
+# The whole-word matcher and its shields live with the hard constraints they serve
+# (retrieval.filters; the shields are data in retrieval/data/food_rules.json). Re-exported
+# for the callers that import them from here.
+from retrieval.filters import NOT_A_HIT, _term_re, mentions  # noqa: F401
 from retrieval.schema import Constraints
 
 # ---------------------------------------------------------------------------------------
@@ -602,60 +605,6 @@ def understand(text: str) -> tuple[ParsedMessage, list[Refinement]]:
 # ---------------------------------------------------------------------------------------
 # Matching exclusions against catalogue text
 # ---------------------------------------------------------------------------------------
-
-# Phrases in which a term does not mean what the shopper excluded ("PEANUT BUTTER" is not
-# dairy, "ROOT BEER" is not alcohol).
-NOT_A_HIT: dict[str, tuple[str, ...]] = {
-    "butter": ("peanut butter", "almond butter", "nut butter", "cashew butter", "apple butter",
-               "cocoa butter", "shea butter", "sunflower butter", "body butter"),
-    "milk": ("soy milk", "almond milk", "oat milk", "coconut milk", "rice milk", "cashew milk",
-             "milk of magnesia", "milk thistle"),
-    "cream": ("cream of tartar", "shaving cream", "hand cream", "face cream", "body cream",
-              "cream soda"),
-    "creamer": ("non-dairy creamer", "non dairy creamer"),
-    "dairy": ("non-dairy", "non dairy", "dairy free", "dairy-free"),
-    "gluten": ("gluten free", "gluten-free"),
-    "sugar": ("sugar free", "sugar-free", "no sugar", "no added sugar"),
-    "alcohol": ("non alcoholic", "non-alcoholic", "alcohol free", "alcohol-free",
-                "rubbing alcohol", "isopropyl alcohol"),
-    "beer": ("root beer", "non alcoholic", "non-alcoholic"),
-    "ale": ("ginger ale",),
-    "wine": ("wine vinegar",),
-    "nut": ("nut free", "nut-free"),
-    "peanut": ("peanut free", "peanut-free"),
-    "meat": ("meat free", "meat-free", "meat substitute", "meat alternative"),
-    "fish": ("swedish fish",),
-    "cake": ("rice cake",),
-}
-
-
-@lru_cache(maxsize=4096)
-def _term_re(term: str) -> re.Pattern[str]:
-    body = r"[\s-]+".join(re.escape(p) for p in term.lower().split())
-    return re.compile(rf"(?<![a-z0-9]){body}(?:s|es)?(?![a-z0-9])")
-
-
-def mentions(text: str, terms: Iterable[str]) -> str | None:
-    """The first exclusion term that ``text`` mentions as a whole word, else None.
-
-    Stricter than :meth:`Constraints.excludes` (a substring test): "ham" does not hit
-    "GRAHAM CRACKERS", "egg" does not hit "LEGGS", "nut" does not hit "NUTRITIONAL", and
-    "PEANUT BUTTER" is not dairy.
-    """
-    lowered = text.lower()
-    for term in terms:
-        term = term.strip().lower()
-        if not term:
-            continue
-        hits = [m.span() for m in _term_re(term).finditer(lowered)]
-        if not hits:
-            continue
-        shields = [m.span() for phrase in NOT_A_HIT.get(term, ())
-                   for m in _term_re(phrase).finditer(lowered)]
-        if any(not any(s <= h0 and h1 <= e for s, e in shields) for h0, h1 in hits):
-            return term
-    return None
-
 
 # ---------------------------------------------------------------------------------------
 # Conversation state

@@ -85,6 +85,9 @@ Phase = Literal["thinking", "intro", "cards", "final"]
 # --------------------------------------------------------------------------------- cart
 
 
+MAX_LINE_QUANTITY = 99  # one line of the cart; more is a typo, not a shopping trip
+
+
 class CartLine(BaseModel):
     bundle_key: str
     name: str
@@ -109,11 +112,44 @@ class Cart(BaseModel):
                 line.quantity += 1
                 return line
         line = CartLine(
-            bundle_key=key, name=bundle.name,
+            bundle_key=key, name=self._distinct_name(bundle.name),
             items=[i.model_dump() for i in bundle.items],
             list_price=bundle.list_price, bundle_price=bundle.bundle_price, savings=bundle.savings,
         )
         self.lines.append(line)
+        return line
+
+    def _distinct_name(self, name: str) -> str:
+        """Two different bundles may share a name ("Energy Drink bundle"); the second one
+        in the cart becomes "Energy Drink bundle (2)" so that lines can be told apart."""
+        taken = {line.name for line in self.lines}
+        if name not in taken:
+            return name
+        n = 2
+        while f"{name} ({n})" in taken:
+            n += 1
+        return f"{name} ({n})"
+
+    def line(self, number: int) -> CartLine:
+        """A line by its 1-based position in the cart."""
+        if not 1 <= number <= len(self.lines):
+            raise IndexError(f"the cart has no line {number}; it has {len(self.lines)}")
+        return self.lines[number - 1]
+
+    def remove(self, number: int) -> CartLine:
+        """Take line ``number`` (1-based) out of the cart and return it."""
+        line = self.line(number)
+        self.lines.remove(line)
+        return line
+
+    def set_quantity(self, number: int, quantity: int) -> CartLine | None:
+        """Set line ``number``'s quantity (1..MAX_LINE_QUANTITY); 0 or less removes the line
+        (returns None)."""
+        line = self.line(number)
+        if quantity <= 0:
+            self.lines.remove(line)
+            return None
+        line.quantity = min(int(quantity), MAX_LINE_QUANTITY)
         return line
 
     def clear(self) -> None:

@@ -84,13 +84,19 @@ def choose_discount(list_price: float, cost: float, cfg: PricingConfig) -> float
 
 
 def price_bundle(
-    prices: Sequence[float | None], margin_rates: Sequence[float], cfg: PricingConfig
+    prices: Sequence[float | None], margin_rates: Sequence[float], cfg: PricingConfig,
+    quantities: Sequence[int] | None = None,
 ) -> BundlePrice:
-    """Price a bundle from its items' catalogue prices and margin rates (same order)."""
+    """Price a bundle from its items' catalogue unit prices, margin rates and quantities
+    (same order; no quantities means one of each). A line costs unit price × quantity;
+    the margin rate is a rate, so it does not change with the quantity."""
     if len(prices) != len(margin_rates):
         raise ValueError(f"{len(prices)} prices but {len(margin_rates)} margin rates")
     if not prices:
         raise ValueError("cannot price an empty bundle")
+    qty = [1] * len(prices) if quantities is None else [int(q) for q in quantities]
+    if len(qty) != len(prices) or any(q < 1 for q in qty):
+        raise ValueError(f"quantities must be {len(prices)} whole numbers >= 1, got {list(qty)}")
     rates = [float(m) for m in margin_rates]
 
     if any(is_unknown(p) for p in prices):
@@ -103,7 +109,7 @@ def price_bundle(
             price_known=False,
         )
 
-    values = [float(p) for p in prices]  # type: ignore[arg-type]
+    values = [float(p) * q for p, q in zip(prices, qty)]  # type: ignore[arg-type]
     total = sum(values)
     if total <= 0:
         raise ValueError(f"bundle list price must be > 0, got {total}")

@@ -62,7 +62,7 @@ Explanation phrases, in this order, each only when its threshold is met:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 from typing import Literal
 
@@ -100,6 +100,21 @@ class BundleCandidate(BaseModel):
     source: Source
     name: str = ""
     llm_reason: str = ""
+    # packages of each item, in item order (composition sizes them to the need); empty
+    # means one of each. Part of the price, not of the preference/complementarity terms.
+    quantities: tuple[int, ...] = ()
+
+    @field_validator("quantities")
+    @classmethod
+    def _positive_quantities(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(q < 1 for q in v):
+            raise ValueError("quantities must be >= 1")
+        return v
+
+    def quantity_of(self, product_id: str) -> int:
+        if not self.quantities:
+            return 1
+        return dict(zip(self.item_ids, self.quantities)).get(product_id, 1)
 
     @field_validator("item_ids", mode="before")
     @classmethod
@@ -114,7 +129,8 @@ class BundleCandidate(BaseModel):
 class BundleItem(BaseModel):
     product_id: str
     title: str
-    price: float | None
+    price: float | None  # the catalogue's unit price
+    quantity: int = 1
 
 
 class ComponentScore(BaseModel):
@@ -182,6 +198,7 @@ class _Item:
     margin_rate: float
     in_stock: bool
     popularity: float
+    quantity: int = 1  # packages in the bundle under scoring (set per candidate)
 
 
 def _text(v: object) -> str:
@@ -296,8 +313,17 @@ def _bundle_violations(ids: Sequence[str], price: BundlePrice, c: Constraints) -
 
 
 def _price(ids: Sequence[str], items: Mapping[str, _Item], cfg: PricingConfig) -> BundlePrice:
-    canon = sorted(set(ids))  # sum in a fixed order: the price depends on the set only
-    return price_bundle([items[i].price for i in canon], [items[i].margin_rate for i in canon], cfg)
+    """Catalogue unit price × quantity per item, summed in a fixed order: the price depends
+    on the item set and quantities only."""
+    canon = sorted(set(ids))
+    return price_bundle([items[i].price for i in canon], [items[i].margin_rate for i in canon], cfg,
+                        quantities=[items[i].quantity for i in canon])
+
+
+def _with_quantities(items: dict[str, _Item], cand: BundleCandidate) -> dict[str, _Item]:
+    if not cand.quantities:
+        return items
+    return {pid: replace(it, quantity=cand.quantity_of(pid)) for pid, it in items.items()}
 
 
 def _violations(ids: Sequence[str], items: Mapping[str, _Item], ctx: ScoringContext) -> list[str]:
@@ -458,6 +484,7 @@ def _scored(
                 product_id=i,
                 title=items[i].title,
                 price=None if items[i].price is None else to_cents(items[i].price),
+                quantity=items[i].quantity,
             )
             for i in ids
         ],
@@ -475,7 +502,7 @@ def _scored(
 def score_candidate(candidate: BundleCandidate, ctx: ScoringContext) -> ScoredBundle:
     """Score one bundle without the hard-constraint filter (eval scripts score the
     human-labelled bundles this way). Raises KeyError for ids not in the catalogue."""
-    items = _lookup(candidate.item_ids, ctx.products)
+    items = _with_quantities(_lookup(candidate.item_ids, ctx.products), candidate)
     unknown = sorted(set(candidate.item_ids) - set(items))
     if unknown:
         raise KeyError(f"not in the catalogue: {', '.join(unknown)}")
@@ -489,7 +516,7 @@ def rerank(
     ranked: list[ScoredBundle] = []
     rejected: list[tuple[BundleCandidate, str]] = []
     for cand, sources in _merge(candidates):
-        items = _lookup(cand.item_ids, ctx.products)
+        items = _with_quantities(_lookup(cand.item_ids, ctx.products), cand)
         reasons = _violations(cand.item_ids, items, ctx)
         if reasons:
             rejected.append((cand, "; ".join(reasons)))
@@ -510,7 +537,8 @@ def _drop_lookalikes(ranked: list[ScoredBundle], rejected: list) -> list[ScoredB
         signature = tuple(sorted(item.title.strip().lower() for item in bundle.items))
         if signature in seen:
             candidate = BundleCandidate(item_ids=bundle.item_ids, source=bundle.source, name=bundle.name,
-                                        llm_reason=bundle.llm_reason)
+                                        llm_reason=bundle.llm_reason,
+                                        quantities=tuple(i.quantity for i in bundle.items))
             rejected.append((candidate, "lookalike: same titles as a higher-ranked bundle"))
             continue
         seen.add(signature)

@@ -10,7 +10,7 @@ import gc
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from langchain_core.runnables import RunnableLambda
@@ -23,6 +23,8 @@ from retrieval.index import Index
 from retrieval.profiles import UserProfile, guest_profile
 from retrieval.schema import Constraints
 
+from .compose import Composer, Composition, RolePlan, ShopperContext, TypeCatalogue, distinct, parse_need, plan_for
+from .nlu.need import Need
 from .privacy import pseudonymise
 from .proposer import (
     ProposalReport,
@@ -32,6 +34,9 @@ from .proposer import (
     propose_with_rules,
 )
 from .reranker import BundleCandidate, ComponentScore, RerankResult, ScoringContext, rerank
+
+if TYPE_CHECKING:
+    from .merchandiser import IdeasResult
 
 Mode = Literal["rule", "llm", "llm+rule"]
 MODES: tuple[str, ...] = ("rule", "llm", "llm+rule")
@@ -52,7 +57,8 @@ class UnknownProduct(ServiceError):
 class ShownItem(BaseModel):
     product_id: str
     title: str
-    price: float | None
+    price: float | None  # catalogue unit price
+    quantity: int = 1  # packages; the bundle price is Σ price × quantity, less the discount
 
 
 class ShownBundle(BaseModel):
@@ -100,6 +106,8 @@ class Recommendation(BaseModel):
     rejected: int = 0
     notes: list[str] = Field(default_factory=list)
     timings: dict[str, float] = Field(default_factory=dict)
+    need: Need | None = None  # what was understood (the need-aware path only)
+    roles: list[dict] = Field(default_factory=list)  # the plan: role -> its options
 
 
 @dataclass
@@ -123,6 +131,9 @@ class _Request:
     result: RerankResult | None = None
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    need: Need | None = None
+    plan: RolePlan | None = None
+    composition: Composition | None = None
 
 
 class BundleAssistant:
@@ -132,6 +143,7 @@ class BundleAssistant:
         self._embedder = embedder
         self._index: Index | None = None
         self._retriever: CandidateRetriever | None = None
+        self._types: TypeCatalogue | None = None
         self._lock = threading.Lock()
         self.chain = (
             RunnableLambda(self._retrieve_step, name="retrieve")
@@ -160,6 +172,18 @@ class BundleAssistant:
         if self._retriever is None:
             self._retriever = CandidateRetriever(self.index, self.embedder, self.settings.retrieval)
         return self._retriever
+
+    @property
+    def types(self) -> TypeCatalogue:
+        """The catalogue by product type (composition's view), built once per index."""
+        if self._types is None:
+            self._types = TypeCatalogue(self.index.products, embed=lambda texts: self.embedder.encode(texts))
+        return self._types
+
+    @property
+    def composer(self) -> Composer:
+        catalogue = self.index.catalogue
+        return Composer(self.types, lambda pid: str(catalogue.at[pid, "department"]))
 
     @property
     def llm(self):
@@ -231,10 +255,19 @@ class BundleAssistant:
         profile: UserProfile | None = None,
         boosted: set[str] | None = None,
         demoted: set[str] | None = None,
+        need: Need | None = None,
     ) -> Recommendation:
         """Ranked bundles for a user (or a guest) and a need. ``mode`` picks the proposal
-        pools: ``rule``, ``llm`` or ``llm+rule`` (the default when ``use_llm``)."""
+        pools: ``rule``, ``llm`` or ``llm+rule`` (the default when ``use_llm``).
+
+        With a ``need`` (see :meth:`understand`), bundles are composed from its roles
+        (:mod:`assistant.compose`): one product per role, sized to the servings, distinct
+        alternatives. Without one (the offline completion eval: anchors and no text) the
+        ranked list stays driven by item relevance alone."""
         constraints = constraints or Constraints()
+        if need is not None:
+            constraints = _need_constraints(need, constraints)
+            query = query or need.text
         if k <= 0:
             raise ServiceError("k must be > 0")
         mode = mode or ("llm+rule" if use_llm else "rule")
@@ -252,11 +285,21 @@ class BundleAssistant:
         request = _Request(
             query=query.strip(), profile=profile, anchors=tuple(str(a) for a in anchors),
             constraints=constraints, k=k, mode=mode, objective=objective, template=template,
-            boosted=set(boosted or ()), demoted=set(demoted or ()),
+            boosted=set(boosted or ()), demoted=set(demoted or ()), need=need,
         )
         request.timings["profile"] = round(time.perf_counter() - start, 4)
         request = self.chain.invoke(request)
         return self._recommendation(request, time.perf_counter() - start)
+
+    def understand(self, text: str, previous: Need | None = None) -> Need:
+        """The one reading of a shopper's message (CLI ``--parse``, the chat and eval)."""
+        return parse_need(text, previous=previous)
+
+    def recommend_text(self, text: str, user_id: str | None = None, *, previous: Need | None = None,
+                       **options) -> Recommendation:
+        """:meth:`recommend` for a message: understood once, then composed."""
+        need = self.understand(text, previous)
+        return self.recommend(user_id=user_id, query=need.text or text, need=need, **options)
 
     def bundle_items(self, item_ids: list[str] | tuple[str, ...], *, use_llm: bool = True, **options):
         """Group given products (a session's items, a merchandiser's list) into bundles,
@@ -269,18 +312,69 @@ class BundleAssistant:
         t = time.perf_counter()
         if req.query:
             req.query_vec = self.embedder.encode_one(req.query)
+        types: list[str] = []
+        if req.need is not None:
+            req.plan = self._plan(req)
+            types = self._plan_types(req.plan)
         req.candidates = self.retriever.retrieve(
             req.query, req.profile, req.anchors, req.constraints, self.settings.retrieval.max_candidates,
-            query_vec=req.query_vec,
+            query_vec=req.query_vec, **({"types": types} if types else {}),
         )
         req.timings["retrieve"] = round(time.perf_counter() - t, 4)
         return req
+
+    def _plan(self, req: _Request) -> RolePlan | None:
+        if req.need is None or req.anchors:
+            return None  # anchors ask for completion of a basket, not a composed need
+        need_vec = req.query_vec
+        if need_vec is None and req.need.text.strip():
+            need_vec = self.embedder.encode_one(req.need.text)
+        cop = self.index.copurchase
+        return plan_for(req.need, self.types, query_vec=need_vec,
+                        complement_types=lambda kind, k: cop.complement_types(kind, k=k))
+
+    def _plan_types(self, plan: RolePlan | None) -> list[str]:
+        """The product types of the plan's options, for retrieval to add to the pool."""
+        if plan is None:
+            return []
+        kinds: dict[str, None] = {}
+        for role in plan.roles:
+            for option in role.options:
+                for pid in self.types.matching(option.match)[:1]:
+                    kinds.setdefault(self.types.fact(pid)[3], None)
+        return [k for k in kinds if k]
+
+    def _compose(self, req: _Request) -> None:
+        """The core's bundles for the need: roles filled with this shopper's best products."""
+        if req.plan is None or req.need is None:
+            return
+        preference = req.profile.preference_vector()
+        if preference is None:
+            preference = req.query_vec
+        ctx = ShopperContext(
+            allowed=self._allowed(req),
+            relevance={c.product_id: c.score for c in req.candidates},
+            preference=preference,
+            embeddings=lambda ids: self.index.embeddings_of(ids),
+            favourites=frozenset(req.profile.favourite_items),
+            demoted=frozenset(req.demoted), boosted=frozenset(req.boosted),
+        )
+        composer = self.composer
+        req.composition = composer.prepare(req.plan, req.need, ctx, budget=req.constraints.budget)
+        # exactly the alternatives to show: which of them leads is the reranker's call
+        for b in composer.compose(req.composition, k=req.k):
+            req.proposals.append(BundleCandidate(item_ids=b.item_ids, quantities=b.quantities, source="rule",
+                                                 name=b.name))
+        if not req.proposals:
+            req.notes.append("Nothing in the catalogue fills this request's roles within its constraints.")
 
     def _allowed(self, req: _Request):
         return lambda pid: self.retriever.allowed(pid, req.constraints)
 
     def _propose_step(self, req: _Request) -> _Request:
         t = time.perf_counter()
+        if req.plan is not None:
+            return self._propose_composed(req)
         cfg = self.settings.llm
         size = req.constraints.max_bundle_size or 3
         max_size = max(size, cfg.max_bundle_size if req.constraints.max_bundle_size is None
@@ -301,6 +395,37 @@ class BundleAssistant:
                 min_size=cfg.min_bundle_size,
             )
         req.timings["rules"] = round(time.perf_counter() - t, 4)
+        return req
+
+    def _propose_composed(self, req: _Request) -> _Request:
+        """Need path: the core composes; the LLM (when on) proposes from the role products,
+        and each of its bundles is snapped onto the roles, so roles, products, quantities
+        and prices stay the core's decisions."""
+        t = time.perf_counter()
+        self._compose(req)
+        req.timings["rules"] = round(time.perf_counter() - t, 4)
+        t = time.perf_counter()
+        if req.mode in ("llm", "llm+rule") and req.composition is not None and req.proposals:
+            pool = {c.product_id: c for c in req.candidates}
+            role_first = [pool.get(pid) or Candidate(pid, 0.0, ["role"]) for pid in req.composition.role_products()]
+            rest = [c for c in req.candidates if c.product_id not in {r.product_id for r in role_first}]
+            shown_to_llm = _Request(**{**req.__dict__, "candidates": role_first + rest})
+            proposals = self._llm_proposals(shown_to_llm, MAX_COMPOSED_ITEMS)
+            req.report = proposals.report
+            composer = self.composer
+            for proposal in proposals.bundles:
+                snapped = composer.snap(req.composition, proposal.item_ids)
+                if snapped is not None:
+                    req.proposals.append(BundleCandidate(item_ids=snapped.item_ids, quantities=snapped.quantities,
+                                                         source="llm", name=snapped.name,
+                                                         llm_reason=proposal.llm_reason))
+            if proposals.report.fallback:
+                req.notes.append("The assistant's language model was unavailable for this answer "
+                                 f"({proposals.report.error or 'no valid bundle'}); showing rule-based bundles.")
+            if req.mode == "llm":  # the LLM's bundles only, unless it gave none
+                llm_only = [p for p in req.proposals if p.source == "llm"]
+                req.proposals = llm_only or req.proposals
+        req.timings["llm"] = round(time.perf_counter() - t, 4)
         return req
 
     def _llm_proposals(self, req: _Request, max_size: int):
@@ -341,9 +466,16 @@ class BundleAssistant:
             demoted=req.demoted,
             boosted=req.boosted,
             min_bundle_size=self.settings.llm.min_bundle_size,
-            max_bundle_size=max(self.settings.llm.max_bundle_size, req.constraints.max_bundle_size or 0),
+            max_bundle_size=max(self.settings.llm.max_bundle_size, req.constraints.max_bundle_size or 0,
+                                MAX_COMPOSED_ITEMS if req.plan is not None else 0),
         )
-        req.result = rerank(req.proposals, ctx, req.k)
+        if req.plan is None:
+            req.result = rerank(req.proposals, ctx, req.k)
+        else:  # shown bundles are real alternatives: distinct product types
+            full = rerank(req.proposals, ctx, None)
+            kinds = self.index.copurchase.product_type
+            full.ranked = distinct(full.ranked, lambda b: {kinds.get(i, "") or i for i in b.item_ids}, req.k)
+            req.result = full
         req.timings["rerank"] = round(time.perf_counter() - t, 4)
         return req
 
@@ -367,7 +499,39 @@ class BundleAssistant:
             rejected=len(result.rejected),
             notes=req.notes,
             timings={**req.timings, "total": round(total, 4)},
+            need=req.need,
+            roles=req.plan.summary() if req.plan is not None else [],
         )
+
+    # -- merchandiser ideas --------------------------------------------------------------
+    def ideas(self, theme: str, k: int = 10, *, min_margin: float | None = None,
+              weights: dict[str, float] | None = None, use_llm: bool = False,
+              constraints: Constraints | None = None) -> IdeasResult:
+        """Distinct bundle ideas for a merchandiser's theme, with the parsed need and its
+        chips, every score component, the frontier over all candidates and projected
+        performance. See :mod:`assistant.merchandiser`."""
+        from .merchandiser import IdeasError, generate_ideas
+
+        try:
+            return generate_ideas(self, theme, k, min_margin=min_margin, weights=weights, use_llm=use_llm,
+                                  constraints=constraints)
+        except IdeasError as exc:
+            raise ServiceError(str(exc)) from exc
+
+
+MAX_COMPOSED_ITEMS = 8  # a composed bundle holds one product per role, at most this many
+
+
+def _need_constraints(need: Need, base: Constraints) -> Constraints:
+    """The need's hard parts merged into ``base``; "no dairy" reaches the product filter
+    as the words it stands for (milk, cheese, butter ...)."""
+    from .constraints import expand_exclusions
+
+    merged = need.to_constraints(base)
+    words = expand_exclusions(need.exclude, [d for d in need.diets if d in ("vegan", "vegetarian", "pescatarian",
+                                                                            "dairy-free", "gluten-free")])
+    merged.exclude = list(dict.fromkeys([*merged.exclude, *words]))
+    return merged
 
 
 def _pricing_for(pricing, constraints: Constraints):

@@ -15,20 +15,43 @@ in a list of the same depth.
   (cosine), i.e. "more like this".
 * ``buy-again`` (Complete Journey): the household's own training purchases, most
   baskets first, then most recent.
-* ``leaf-category`` (bundle generation): one bundle per leaf category with >= 2 items.
+* ``buy-again+cooccurrence``: ``w·repeat(i) + (1 − w)·cooc(i)``, where ``repeat`` is the
+  share of the household's training baskets holding ``i`` and ``cooc`` the mean over
+  anchors of the confidence ``n(a,i) / n(a)`` (pairs seen ``min_count`` times, with the
+  optional back-off). Both are probabilities of "i is in the basket", so one weight mixes
+  them. BundleRec cases carry no household, so there ``repeat`` is 0 and the baseline is
+  confidence co-occurrence with back-off. ``w``, ``min_count`` and the back-off are chosen
+  on the dev split (``--tune-baselines``).
+* ``itemknn``: item-based top-N (Deshpande & Karypis, "Item-based top-N recommendation
+  algorithms", TOIS 2004): item-item cosine ``n(i,j) / sqrt(n(i)·n(j))`` over training
+  baskets (bundles and sessions on BundleRec), each item keeping its K = 10 most similar
+  items (as in the BundleRec paper); a candidate scores the sum of its similarities to the
+  anchors, plus ``history_weight`` times the sum over the household's past items (0 =
+  anchors only; chosen on the dev split for Complete Journey).
+* Back-off (``cooccurrence`` and the blend): an anchor with no pair seen ``min_count``
+  times uses its pairs seen once — only where the dev split prefers it.
+
+Bundle generation baselines (each a list of :class:`ItemGroup`):
+
+* ``leaf-category``: one bundle per leaf category with >= 2 items.
+* ``category-overlap``: the system's clustering on category overlap alone (no
+  co-purchase, no training data), its threshold chosen on the dev split.
+* ``whole-session``: the session's items as one bundle.
+* ``rule-else-whole-session``: the system's rule grouping, or the whole session when the
+  rule returns nothing.
 """
 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from assistant.grouping import NAME_MAX, ItemGroup
-from retrieval.copurchase import CoPurchase
+from assistant.grouping import NAME_MAX, Affinity, ItemGroup, category_levels, common_name, rule_groups
+from retrieval.copurchase import CooccurrenceTable, CoPurchase
 from retrieval.index import Index
 
 from .protocols import CompletionCase
@@ -45,6 +68,46 @@ class BaselineData:
     row_of: pd.Series
     copurchase: CoPurchase
     history: dict[str, list[str]]
+    repeat: dict[str, dict[str, float]] = field(default_factory=dict)  # user -> item -> basket share
+    _rows: dict[str, tuple[np.ndarray, np.ndarray, float, np.ndarray]] = field(default_factory=dict, repr=False)
+    _knn: dict[tuple[str, int], list[tuple[str, float]]] = field(default_factory=dict, repr=False)
+    _diag: np.ndarray | None = field(default=None, repr=False)
+
+    def row(self, pid: str) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+        """(co-occurring ids, pair counts, n(pid), n(each id)) from the training co-purchase table."""
+        if pid not in self._rows:
+            table: CooccurrenceTable = self.copurchase.items
+            if self._diag is None:
+                self._diag = table.counts.diagonal().astype(np.float64)
+            i = table.index(pid)
+            if i is None:
+                empty = np.array([], dtype=np.float64)
+                self._rows[pid] = (np.array([], dtype=str), empty, 0.0, empty)
+            else:
+                r = table.counts.getrow(i)
+                cols = r.indices[r.indices != i]
+                counts = r.data[r.indices != i].astype(np.float64)
+                self._rows[pid] = (table.keys[cols].astype(str), counts, float(self._diag[i]), self._diag[cols])
+        return self._rows[pid]
+
+    def pair_counts(self, anchor: str, min_count: float, backoff: bool
+                    ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+        """:meth:`row` restricted to pairs seen >= ``min_count`` times; with ``backoff``,
+        to pairs seen once when the anchor has no such pair."""
+        keys, counts, n_a, n_b = self.row(anchor)
+        keep = counts >= min_count
+        if backoff and not keep.any():
+            keep = counts >= 1
+        return keys[keep], counts[keep], n_a, n_b[keep]
+
+    def knn(self, pid: str, k: int = 10) -> list[tuple[str, float]]:
+        """The ``k`` items most cosine-similar to ``pid`` (ties by id)."""
+        if (pid, k) not in self._knn:
+            keys, counts, n_a, n_b = self.row(pid)
+            sims = counts / np.sqrt(n_a * n_b) if len(keys) else counts
+            order = np.lexsort((keys, -np.round(sims, 12)))[:k]
+            self._knn[(pid, k)] = [(str(keys[j]), float(sims[j])) for j in order]
+        return self._knn[(pid, k)]
 
     @classmethod
     def from_index(cls, index: Index, interactions: pd.DataFrame) -> BaselineData:
@@ -60,6 +123,7 @@ class BaselineData:
             row_of=index.row_of,
             copurchase=index.copurchase,
             history=purchase_history(interactions),
+            repeat=repeat_shares(interactions),
         )
 
 
@@ -73,6 +137,25 @@ def purchase_history(interactions: pd.DataFrame) -> dict[str, list[str]]:
     stats = stats.reset_index().sort_values(["user_id", "n", "last", "product_id"],
                                             ascending=[True, False, False, True], kind="mergesort")
     return {str(u): g["product_id"].astype(str).tolist() for u, g in stats.groupby("user_id", sort=False)}
+
+
+def repeat_shares(interactions: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per user, the share of their training baskets that hold each product."""
+    if interactions.empty:
+        return {}
+    tx = interactions.assign(basket=interactions["basket_id"].where(interactions["basket_id"] != "",
+                                                                    interactions["timestamp"].astype(str)))
+    per_item = tx.groupby(["user_id", "product_id"])["basket"].nunique()
+    per_user = tx.groupby("user_id")["basket"].nunique()
+    shares = per_item / per_user.reindex(per_item.index.get_level_values(0)).to_numpy()
+    out: dict[str, dict[str, float]] = {}
+    for (u, p), v in shares.items():
+        out.setdefault(str(u), {})[str(p)] = float(v)
+    return out
+
+
+def _ranked(score: dict[str, float]) -> list[str]:
+    return sorted(score, key=lambda k: (-round(score[k], 9), k))
 
 
 def _fill(ranked: list[str], case: CompletionCase, data: BaselineData, depth: int) -> list[str]:
@@ -108,14 +191,46 @@ def popularity_ranking(case: CompletionCase, data: BaselineData, depth: int) -> 
     return _fill([], case, data, depth)
 
 
-def cooccurrence_ranking(case: CompletionCase, data: BaselineData, depth: int, min_count: float = 3) -> list[str]:
+def cooccurrence_ranking(case: CompletionCase, data: BaselineData, depth: int, min_count: float = 3,
+                         backoff: bool = False) -> list[str]:
+    """Summed lift ``n(a,b)·N / (n(a)·n(b))`` over the anchors."""
+    n = float(data.copurchase.items.n_baskets)
     score: dict[str, float] = {}
     for anchor in case.anchors:
-        table = data.copurchase.items.neighbours(anchor, min_count=min_count)
-        for key, lift in zip(table["key"].astype(str), table["lift"].astype(float)):
+        keys, counts, n_a, n_b = data.pair_counts(anchor, min_count, backoff)
+        for key, lift in zip(keys.tolist(), (counts * n / (n_a * n_b)).tolist()):
             score[key] = score.get(key, 0.0) + lift
-    ranked = sorted(score, key=lambda k: (-round(score[k], 9), k))
-    return _fill(ranked, case, data, depth)
+    return _fill(_ranked(score), case, data, depth)
+
+
+def blend_ranking(case: CompletionCase, data: BaselineData, depth: int, weight: float = 0.5,
+                  min_count: float = 3, backoff: bool = False) -> list[str]:
+    """``weight·repeat + (1 − weight)·confidence``, both in [0, 1] (see the module doc)."""
+    score: dict[str, float] = {}
+    if weight > 0:
+        for pid, share in data.repeat.get(str(case.user_id), {}).items():
+            score[pid] = weight * share
+    if weight < 1 and case.anchors:
+        per_anchor = (1.0 - weight) / len(case.anchors)
+        for anchor in case.anchors:
+            keys, counts, n_a, _ = data.pair_counts(anchor, min_count, backoff)
+            for key, c in zip(keys.tolist(), (counts / n_a).tolist() if n_a else []):
+                score[key] = score.get(key, 0.0) + per_anchor * c
+    return _fill(_ranked(score), case, data, depth)
+
+
+def itemknn_ranking(case: CompletionCase, data: BaselineData, depth: int, k: int = 10,
+                    history_weight: float = 0.0) -> list[str]:
+    """Sum of cosine similarities to the anchors (and, weighted, to the household's items),
+    each item voting only for its ``k`` nearest neighbours."""
+    score: dict[str, float] = {}
+    sources = [(a, 1.0) for a in case.anchors]
+    if history_weight > 0:
+        sources += [(p, history_weight) for p in data.history.get(str(case.user_id), [])]
+    for pid, w in sources:
+        for key, sim in data.knn(pid, k):
+            score[key] = score.get(key, 0.0) + w * sim
+    return _fill(_ranked(score), case, data, depth)
 
 
 def embedding_ranking(case: CompletionCase, data: BaselineData, depth: int) -> list[str]:
@@ -135,19 +250,97 @@ def buy_again_ranking(case: CompletionCase, data: BaselineData, depth: int) -> l
     return _fill(data.history.get(str(case.user_id), []), case, data, depth)
 
 
+Ranking = Callable[[CompletionCase, BaselineData, int], list[str]]
+KNN_K = 10  # neighbours per item, as in the BundleRec paper
+
+
+def default_choices(protocol: str) -> dict[str, dict]:
+    """The parameters used when no dev choice exists (today's values; not tuned)."""
+    min_count = 3 if protocol == "cj-completion" else 1
+    return {
+        "cooccurrence": {"min_count": min_count, "backoff": False},
+        "buy-again+cooccurrence": {"weight": 0.5 if protocol == "cj-completion" else 0.0,
+                                   "min_count": min_count, "backoff": False},
+        "itemknn": {"k": KNN_K, "history_weight": 0.0},
+    }
+
+
 def completion_baselines(
-    with_buy_again: bool, min_count: float, seed: int
-) -> dict[str, Callable[[CompletionCase, BaselineData, int], list[str]]]:
-    """Name -> ranking function for one protocol."""
-    out: dict[str, Callable[[CompletionCase, BaselineData, int], list[str]]] = {
+    with_buy_again: bool, min_count: float, seed: int, choices: dict[str, dict] | None = None,
+) -> dict[str, Ranking]:
+    """Name -> ranking function for one protocol; ``choices`` are the tuned parameters
+    (:func:`default_choices` layout), ``min_count`` the co-occurrence default without them."""
+    choices = choices or {}
+    cooc = {"min_count": min_count, "backoff": False, **choices.get("cooccurrence", {})}
+    blend = {"weight": 0.5 if with_buy_again else 0.0, "min_count": min_count, "backoff": False,
+             **choices.get("buy-again+cooccurrence", {})}
+    knn = {"k": KNN_K, "history_weight": 0.0, **choices.get("itemknn", {})}
+    if not with_buy_again:  # no household: the repeat term is 0 whatever the weight
+        blend["weight"] = 0.0
+        knn["history_weight"] = 0.0
+    out: dict[str, Ranking] = {
         "random": lambda c, d, k: random_ranking(c, d, k, seed),
         "popularity": popularity_ranking,
-        "cooccurrence": lambda c, d, k: cooccurrence_ranking(c, d, k, min_count),
+        "cooccurrence": lambda c, d, k: cooccurrence_ranking(c, d, k, cooc["min_count"], cooc["backoff"]),
         "embedding-nn": embedding_ranking,
     }
     if with_buy_again:
         out["buy-again"] = buy_again_ranking
+    out["buy-again+cooccurrence"] = lambda c, d, k: blend_ranking(
+        c, d, k, blend["weight"], blend["min_count"], blend["backoff"])
+    out["itemknn"] = lambda c, d, k: itemknn_ranking(c, d, k, knn["k"], knn["history_weight"])
     return out
+
+
+# --- the dev grids (``--tune-baselines``) ------------------------------------------------
+
+COOC_GRID = ({"min_count": 1, "backoff": False}, {"min_count": 2, "backoff": False},
+             {"min_count": 2, "backoff": True}, {"min_count": 3, "backoff": False},
+             {"min_count": 3, "backoff": True})
+BLEND_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
+KNN_HISTORY_WEIGHTS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
+OVERLAP_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def tuning_grid(protocol: str) -> dict[str, list[dict]]:
+    """Every parameter set tried on the dev split, per tuned baseline."""
+    history = protocol == "cj-completion"
+    blend = [{"weight": w, **c} for w in (BLEND_WEIGHTS if history else (0.0,)) for c in COOC_GRID]
+    knn = [{"k": KNN_K, "history_weight": h} for h in (KNN_HISTORY_WEIGHTS if history else (0.0,))]
+    return {"cooccurrence": list(COOC_GRID), "buy-again+cooccurrence": blend, "itemknn": knn}
+
+
+def tuned_ranking(name: str, params: dict) -> Ranking:
+    if name == "cooccurrence":
+        return lambda c, d, k: cooccurrence_ranking(c, d, k, params["min_count"], params["backoff"])
+    if name == "buy-again+cooccurrence":
+        return lambda c, d, k: blend_ranking(c, d, k, params["weight"], params["min_count"], params["backoff"])
+    if name == "itemknn":
+        return lambda c, d, k: itemknn_ranking(c, d, k, params["k"], params["history_weight"])
+    raise KeyError(name)
+
+
+def whole_session(item_ids: list[str] | tuple[str, ...], catalogue: pd.DataFrame) -> list[ItemGroup]:
+    """The session's items as one bundle (none when fewer than two)."""
+    ids = tuple(dict.fromkeys(str(x) for x in item_ids))
+    if len(ids) < 2:
+        return []
+    return [ItemGroup(item_ids=ids, name=common_name(ids, catalogue), source="rule", coherence=0.0)]
+
+
+def rule_else_whole_session(rule: list[ItemGroup], item_ids: list[str] | tuple[str, ...],
+                            catalogue: pd.DataFrame) -> list[ItemGroup]:
+    """The system's rule grouping, or the whole session when the rule found nothing."""
+    return list(rule) if rule else whole_session(item_ids, catalogue)
+
+
+def group_by_category_overlap(item_ids: list[str] | tuple[str, ...], catalogue: pd.DataFrame, *,
+                              max_size: int, threshold: float = 0.5) -> list[ItemGroup]:
+    """The system's average-linkage clustering on category overlap alone (no co-purchase)."""
+    ids = list(dict.fromkeys(str(x) for x in item_ids))
+    paths = {i: category_levels(catalogue.at[i, "category"]) for i in ids}
+    affinity = Affinity(lambda a, b: 0.0, paths, npmi_weight=0.0)
+    return rule_groups(ids, affinity, catalogue, max_size=max_size, threshold=threshold)
 
 
 def group_by_leaf_category(item_ids: list[str] | tuple[str, ...], catalogue: pd.DataFrame,

@@ -608,3 +608,128 @@ def bundle_generation_metrics(
         "sessions": len(scores),
         "hits": hits,
     }
+
+
+# ---------------------------------------------------------------------------------------
+# Bundle generation: co-bundled item pairs, and ground-truth bundles found
+# ---------------------------------------------------------------------------------------
+
+
+def bundle_pairs(bundles: Iterable[Iterable[str]]) -> set[frozenset[str]]:
+    """Every unordered pair of items that share a bundle: a bundle of n distinct items gives
+    its n(n−1)/2 pairs; a pair found in two bundles counts once."""
+    out: set[frozenset[str]] = set()
+    for bundle in bundles:
+        items = sorted({str(i) for i in bundle})
+        out.update(frozenset((a, b)) for k, a in enumerate(items) for b in items[k + 1:])
+    return out
+
+
+@dataclass(frozen=True)
+class SessionPairScore:
+    true_positives: int  # predicted pairs that are ground-truth pairs
+    predicted: int  # distinct predicted pairs
+    truth: int  # distinct ground-truth pairs
+    precision: float  # tp / predicted (0 when nothing is predicted)
+    recall: float  # tp / truth
+    f1: float  # harmonic mean of the two (0 when both are 0)
+
+
+def _f1(precision: float, recall: float) -> float:
+    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+
+
+def session_pair_scores(
+    predicted: Sequence[Iterable[str]], ground_truth: Sequence[Iterable[str]]
+) -> SessionPairScore:
+    """Pair-level precision, recall and F1 of one session (the project's definition).
+
+    A grouping is read as the set of item pairs it puts in one bundle (as clusterings are
+    compared by pair counting: Rand, "Objective criteria for the evaluation of clustering
+    methods", JASA 1971). Unlike the bundle-level hit rate, where a 2-item bundle inside a
+    ground-truth bundle counts as much as the whole bundle, a bundle here earns credit in
+    proportion to the co-bundled pairs it gets right, and every wrong item costs the pairs
+    it forms. No prediction: precision = recall = F1 = 0 (the session still counts).
+    """
+    truth = bundle_pairs(ground_truth)
+    if not truth:
+        raise ValueError("a session needs a ground-truth bundle of at least two items")
+    pred = bundle_pairs(predicted)
+    tp = len(pred & truth)
+    precision = tp / len(pred) if pred else 0.0
+    recall = tp / len(truth)
+    return SessionPairScore(tp, len(pred), len(truth), precision, recall, _f1(precision, recall))
+
+
+def pair_metrics(
+    sessions: Sequence[tuple[Sequence[Iterable[str]], Sequence[Iterable[str]]]],
+) -> dict[str, float]:
+    """Pair-level scores over ``(predicted, truth)`` sessions.
+
+    ``pair_precision`` / ``pair_recall`` / ``pair_f1``: per-session scores averaged over
+    sessions (macro; what the paired tests compare). ``micro_pair_*``: pooled over every
+    session's pairs (Σ tp / Σ predicted, Σ tp / Σ truth), so a session contributes in
+    proportion to its pairs and one small lucky bundle cannot lift the figure the way it
+    lifts a per-session mean.
+    """
+    if not sessions:
+        raise ValueError("no sessions given")
+    scores = [session_pair_scores(p, t) for p, t in sessions]
+    tp = sum(s.true_positives for s in scores)
+    n_pred = sum(s.predicted for s in scores)
+    n_true = sum(s.truth for s in scores)
+    micro_p = tp / n_pred if n_pred else 0.0
+    micro_r = tp / n_true
+    return {
+        "pair_precision": float(np.mean([s.precision for s in scores])),
+        "pair_recall": float(np.mean([s.recall for s in scores])),
+        "pair_f1": float(np.mean([s.f1 for s in scores])),
+        "micro_pair_precision": micro_p,
+        "micro_pair_recall": micro_r,
+        "micro_pair_f1": _f1(micro_p, micro_r),
+    }
+
+
+def jaccard(a: Iterable[str], b: Iterable[str]) -> float:
+    x, y = _as_bundle(a), _as_bundle(b)
+    return len(x & y) / len(x | y) if x or y else 0.0
+
+
+def bundles_found(
+    predicted: Sequence[Iterable[str]], ground_truth: Sequence[Iterable[str]], min_jaccard: float = 0.5
+) -> tuple[int, int]:
+    """(ground-truth bundles some prediction equals exactly, ground-truth bundles some
+    prediction overlaps with Jaccard >= ``min_jaccard``) for one session."""
+    preds = [_as_bundle(p) for p in predicted]
+    exact = near = 0
+    for g in (_as_bundle(b) for b in ground_truth):
+        exact += any(p == g for p in preds)
+        near += any(jaccard(p, g) >= min_jaccard for p in preds)
+    return exact, near
+
+
+# ---------------------------------------------------------------------------------------
+# Summaries the eval reports per comparison
+# ---------------------------------------------------------------------------------------
+
+
+def paired_summary(x: Sequence[float], y: Sequence[float], seed: int) -> dict:
+    """Paired t-test and randomisation test p-values, and the mean difference x − y
+    (p-values are None with fewer than two cases: nothing to test)."""
+    import warnings
+
+    if len(x) < 2:
+        return {"t_test": None, "randomisation": None, "mean_difference": float(np.mean(np.subtract(x, y)))}
+    with warnings.catch_warnings():  # near-identical score vectors make scipy warn; p is still right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {"t_test": paired_p_value(x, y, "student"),
+                "randomisation": paired_p_value(x, y, "fisher", n_permutations=10_000, seed=seed),
+                "mean_difference": float(np.mean(np.subtract(x, y)))}
+
+
+def bootstrap_interval(values: Sequence[float], seed: int, n_resamples: int = 5000) -> list[float]:
+    """[low, high] of the 95% percentile bootstrap CI; NaNs with fewer than two values."""
+    if len(values) < 2:
+        return [float("nan"), float("nan")]
+    ci = confidence_interval(values, n_resamples=n_resamples, seed=seed)
+    return [ci.low, ci.high]

@@ -18,6 +18,20 @@ for each protocol is that nothing tied to a test case may reach the training dat
 
 Case order is a seeded permutation; ``--cases N`` takes the first N, and the LLM subset
 is a prefix of that, so smaller runs are nested in larger ones.
+
+Dev splits (``--split dev``): every weight, threshold or hyper-parameter is chosen on a
+dev split carved from the *training* part of the test split only, by the same rules, so a
+dev run can never see a test case (``tests/test_eval_dev.py``):
+
+* ``cj-completion``: weeks 1–38 are the dev training data and weeks 39–44 (the last
+  ``CJ_DEV_WEEKS`` training weeks) the dev "test" weeks; the cases are built the same way.
+  The test weeks 45–53 are dropped before anything else, so the dev split is the same for
+  every seed's test split.
+* ``bundlerec-completion`` / ``-generation``: the test split's training dataset is split
+  again, a seeded 20% of its bundles (sessions) becoming the dev cases, with the same
+  holdout rules. It depends on the seed: the dev split of seed 0 is carved from seed 0's
+  training part and may hold seed 1's test bundles, so a choice made on it is only valid
+  for seed 0's test run.
 """
 
 from __future__ import annotations
@@ -33,9 +47,20 @@ from retrieval.schema import Dataset
 from retrieval.sources import add_popularity
 
 CJ_TRAIN_WEEKS = 44
+CJ_DEV_WEEKS = 6  # the dev split's "test" weeks: the last 6 training weeks, 39-44
 CJ_MIN_TYPES = 4
 CJ_MIN_TRAIN_BASKETS = 5
 TEST_SHARE = 0.2
+SPLITS = ("test", "dev")
+PROTOCOLS = ("cj-completion", "bundlerec-completion", "bundlerec-generation")
+VARIANTS = ("rule", "llm", "llm+rule")
+# (level, metric) each protocol's headline compares, system against the best baseline
+MAIN_METRIC = {"cj-completion": ("type", "ndcg@10"), "bundlerec-completion": ("sku", "ndcg@10"),
+               "bundlerec-generation": ("pair", "pair_f1")}
+
+
+def system_name(variant: str) -> str:
+    return f"system:{variant}"
 
 
 @dataclass(frozen=True)
@@ -298,3 +323,49 @@ def bundlerec_generation(ds: Dataset, seed: int, n_cases: int | None = None,
         "train_bundles": int(train.extras["bundle_item"]["bundle ID"].nunique()),
     }
     return Split(train, cases, info)
+
+
+# --- dev splits: carved from the training part only -------------------------------------
+
+
+def _mark_dev(split: Split, outer: dict) -> Split:
+    split.info = {"split": "dev", **split.info, "outer_test_split": outer}
+    return split
+
+
+def cj_dev(ds: Dataset, raw_tx: pd.DataFrame, seed: int, n_cases: int | None = 500,
+           dev_weeks: int = CJ_DEV_WEEKS) -> Split:
+    """Weeks 1..44−dev_weeks train, the last ``dev_weeks`` training weeks are the cases.
+    The test weeks are dropped first: nothing after week 44 can reach the dev split."""
+    weeks = ds.interactions["week"] <= CJ_TRAIN_WEEKS
+    training = Dataset(ds.name, ds.products, ds.interactions[weeks].reset_index(drop=True), ds.users, [], {})
+    raw = raw_tx[raw_tx["week"] <= CJ_TRAIN_WEEKS]
+    split = cj_completion(training, raw, seed, n_cases, train_weeks=CJ_TRAIN_WEEKS - dev_weeks)
+    return _mark_dev(split, {"train_weeks": f"1-{CJ_TRAIN_WEEKS}", "test_weeks_dropped": f">{CJ_TRAIN_WEEKS}"})
+
+
+def bundlerec_completion_dev(ds: Dataset, seed: int, n_cases: int | None = None,
+                             share: float = TEST_SHARE) -> Split:
+    """The seed's test split's training part, split again by the same rules."""
+    outer = bundlerec_completion(ds, seed, share=share)
+    return bundlerec_completion_dev_of(outer, seed, n_cases, share)
+
+
+def bundlerec_completion_dev_of(outer: Split, seed: int, n_cases: int | None = None,
+                                share: float = TEST_SHARE) -> Split:
+    split = bundlerec_completion(outer.train, seed, n_cases, share)
+    return _mark_dev(split, {"test_bundles": outer.info["test_bundles"],
+                             "train_bundles": outer.info["train_bundles"]})
+
+
+def bundlerec_generation_dev(ds: Dataset, seed: int, n_cases: int | None = None,
+                             share: float = TEST_SHARE) -> Split:
+    outer = bundlerec_generation(ds, seed, share=share)
+    return bundlerec_generation_dev_of(outer, seed, n_cases, share)
+
+
+def bundlerec_generation_dev_of(outer: Split, seed: int, n_cases: int | None = None,
+                                share: float = TEST_SHARE) -> Split:
+    split = bundlerec_generation(outer.train, seed, n_cases, share)
+    return _mark_dev(split, {"test_sessions": outer.info["test_sessions"],
+                             "train_bundles": outer.info["train_bundles"]})

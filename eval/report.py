@@ -28,12 +28,21 @@ GENERATION_COLUMNS = (
     ("precision", "precision", True),
     ("recall", "recall", True),
     ("coverage", "coverage", True),
+    ("pair_precision", "pair P", True),
+    ("pair_recall", "pair R", True),
+    ("pair_f1", "pair F1", True),
+    ("micro_pair_precision", "micro pair P", True),
+    ("micro_pair_recall", "micro pair R", True),
+    ("micro_pair_f1", "micro pair F1", True),
+    ("found_exact", "GT found (exact)", True),
+    ("found_jaccard50", "GT found (J≥0.5)", True),
     ("bundles_per_session", "bundles/session", None),
     ("mean_bundle_size", "mean size", None),
     ("invented_product_rate", "invented rate", False),
     ("llm_valid_output_rate", "LLM valid before repair", True),
     ("llm_fallback_rate", "LLM fallback", False),
 )
+GENERATION_TESTED = ("precision", "recall", "pair_f1")
 LEVEL_TITLES = {"type": "product-type level", "sku": "SKU level"}
 BLOCK_TITLES = {"all": "All cases", "llm_subset": "LLM subset"}
 
@@ -41,12 +50,18 @@ BLOCK_TITLES = {"all": "All cases", "llm_subset": "LLM subset"}
 def write_outputs(result: dict, out: Path) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    name = result["protocol"]
+    name = output_name(result)
     paths = [out / f"{name}.json", out / f"{name}.md"]
     paths[0].write_text(json.dumps(result, indent=2) + "\n")
     paths[1].write_text(markdown(result))
     paths += plots(result, out)
     return paths
+
+
+def output_name(result: dict) -> str:
+    """``<protocol>`` for the test split, ``<protocol>-dev`` for the dev split."""
+    split = result.get("evaluation_split", "test")
+    return result["protocol"] + ("" if split == "test" else f"-{split}")
 
 
 # --- markdown -----------------------------------------------------------------------
@@ -105,14 +120,47 @@ def _tests_lines(tests: dict, control: str, metrics: Sequence[str]) -> list[str]
     return lines + [""]
 
 
+def headline(vs_best: dict, title: str) -> list[str]:
+    """One sentence per system variant: the best baseline, the ratio and the p-values."""
+    lines = []
+    for system, v in vs_best.items():
+        ratio = "n/a" if v["ratio"] is None else f"{v['ratio']:.2f}×"
+        lines.append(f"**{title}: `{system}` vs the best baseline `{v['baseline']}` on {v['metric']}**: "
+                     f"{v['system']:.3f} vs {v['best']:.3f}, ratio {ratio}, Δ {v['difference']:+.3f} "
+                     f"(paired t-test p {_p(v['t_test'])}, randomisation p {_p(v['randomisation'])}).")
+    return lines + [""] if lines else []
+
+
+def _choices_md(result: dict) -> list[str]:
+    bc = result.get("baseline_choices")
+    if not bc:
+        return []
+    params = "; ".join(f"`{name}` {json.dumps(p, sort_keys=True)}" for name, p in bc["params"].items())
+    where = bc["chosen_on"] or "not tuned"
+    lines = [f"Tuned baselines ({where}; from {bc['source']}): {params}.", ""]
+    tuning = result.get("tuning")
+    if tuning:
+        metric = tuning["metric"]
+        lines += [f"Dev grid ({tuning['cases']} cases, mean {tuning['level']} {metric}):", "",
+                  "| baseline | parameters | " + metric + " |", "|---|---|---|"]
+        for name, grid in tuning["grid"].items():
+            for g in grid:
+                mark = " **(chosen)**" if g["params"] == tuning["choices"][name] else ""
+                lines.append(f"| `{name}` | {json.dumps(g['params'], sort_keys=True)}{mark} | {g[metric]:.4f} |")
+        lines.append("")
+    return lines
+
+
 def _completion_md(result: dict) -> list[str]:
-    lines: list[str] = []
+    lines: list[str] = _choices_md(result)
     for block_name, block in result["blocks"].items():
         title = BLOCK_TITLES.get(block_name, block_name)
         for level, data in block["levels"].items():
             main = result["main_metric"]["level"] == level
             lines += [f"## {title} ({block['cases']} cases, {data['queries']} scored) — "
                       f"{LEVEL_TITLES.get(level, level)}{' (main)' if main else ''}", ""]
+            if main:
+                lines += headline(data.get("vs_best_baseline", {}), title)
             lines += [table(_means(data["scores"]), [(c, c, True) for c in RANKING_COLUMNS]), ""]
             lines += _tests_lines(data["tests_vs_best_baseline"], data["best_baseline"], TESTED)
             lines += _tests_lines(data["tests_vs_rule"], "system:rule", TESTED)
@@ -133,17 +181,29 @@ def _completion_md(result: dict) -> list[str]:
 
 
 def _generation_md(result: dict) -> list[str]:
-    lines: list[str] = []
+    lines: list[str] = _choices_md(result)
     for block_name, block in result["blocks"].items():
         title = BLOCK_TITLES.get(block_name, block_name)
         rows = {s: {k: (v["mean"] if isinstance(v, dict) else v) for k, v in row.items()}
                 for s, row in block["scores"].items()}
-        lines += [f"## {title} ({block['cases']} sessions)", "", table(rows, GENERATION_COLUMNS), ""]
-        cis = ", ".join(f"`{s}` precision [{_fmt(r['precision']['ci95'][0])}, {_fmt(r['precision']['ci95'][1])}]"
-                        for s, r in block["scores"].items())
+        lines += [f"## {title} ({block['cases']} sessions)", ""]
+        lines += headline(block.get("vs_best_baseline", {}), title)
+        lines += [table(rows, [c for c in GENERATION_COLUMNS if any(c[0] in r for r in rows.values())]), ""]
+        if "ground_truth_mean_bundle_size" in block:
+            lines += [f"Ground truth: {block['ground_truth_mean_bundle_size']:.2f} items per bundle, "
+                      f"{block['ground_truth_bundles_per_session']:.2f} bundles per session. Pair scores: "
+                      "co-bundled item pairs (a bundle of n items gives n(n−1)/2); pair P/R/F1 are "
+                      "per-session means, micro ones pooled over all pairs.", ""]
+        cis = ", ".join(f"`{s}` {m} [{_fmt(r[m]['ci95'][0])}, {_fmt(r[m]['ci95'][1])}]"
+                        for s, r in block["scores"].items() for m in ("precision", "pair_f1") if m in r)
         lines += [f"95% bootstrap CIs over sessions: {cis}.", ""]
-        lines += _tests_lines(block["tests_vs_best_baseline"], block["best_baseline"], ("precision", "recall"))
-        lines += _tests_lines(block["tests_vs_rule"], "system:rule", ("precision", "recall"))
+        tested = [m for m in GENERATION_TESTED if all(m in t for t in block["tests_vs_best_baseline"].values())]
+        lines += _tests_lines(block["tests_vs_best_baseline"], block["best_baseline"], tested)
+        for system, by_baseline in block.get("tests_vs_each_baseline", {}).items():
+            for baseline, tests in by_baseline.items():
+                if baseline != block["best_baseline"]:
+                    lines += _tests_lines({system: tests}, baseline, tested)
+        lines += _tests_lines(block["tests_vs_rule"], "system:rule", tested)
     sample = result.get("sample") or []
     if sample:
         systems = sorted({s for row in sample for s in row["predicted"]})
@@ -171,7 +231,9 @@ def markdown(result: dict) -> str:
     git = result.get("git") or {}
     commit = (git.get("commit") or "unknown")[:12] + (" (uncommitted changes)" if git.get("dirty") else "")
     cfg = result["config"]
-    lines = [f"# `{result['protocol']}`", "",
+    split = result.get("evaluation_split", "test")
+    lines = [f"# `{result['protocol']}`" + (f" — {split} split (carved from the training data)"
+                                            if split != "test" else ""), "",
              f"Seed {result['seed']}, {cfg['cases']} cases, LLM variants on {cfg['llm_cases']} of them; "
              f"commit {commit}.", "",
              "```", result["command"], "```", "",
@@ -252,13 +314,15 @@ def tradeoff_plot(result: dict, path: Path) -> Path:
 
 
 def plots(result: dict, out: Path) -> list[Path]:
-    name = result["protocol"]
+    name = output_name(result)
     paths = []
     for block_name, block in result["blocks"].items():
         suffix = "" if block_name == "all" else f"-{block_name.replace('_', '-')}"
-        if name == "bundlerec-generation":
-            series = {s: {m: r[m] for m in ("precision", "recall", "coverage")} for s, r in block["scores"].items()}
-            paths.append(bars(series, ("precision", "recall", "coverage"),
+        if result["protocol"] == "bundlerec-generation":
+            shown = [m for m in ("precision", "recall", "coverage", "pair_f1")
+                     if all(m in r for r in block["scores"].values())]
+            series = {s: {m: r[m] for m in shown} for s, r in block["scores"].items()}
+            paths.append(bars(series, shown,
                               f"{name}: {BLOCK_TITLES.get(block_name, block_name)} ({block['cases']} sessions)",
                               out / f"{name}{suffix}-bars.png"))
             continue

@@ -16,6 +16,7 @@ Same inputs, same output: every ranking breaks ties by product id.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,14 +32,19 @@ from .index import Index
 from .profiles import UserProfile
 from .schema import Constraints
 
-REASONS = ("anchor", "semantic", "complement", "affinity", "popular")
+# generator names (retrieval.pool.GENERATORS) in priority order, and the older group names
+REASONS = ("anchor", "semantic", "role", "cooc", "cooc_once", "type_cooc", "similar", "repeat", "profile",
+           "type_popular", "complement", "affinity", "popular")
 
 
 @dataclass
 class Candidate:
     product_id: str
-    score: float  # the best evidence for it, in [0, 1]
-    reasons: list[str] = field(default_factory=list)
+    score: float  # the item ranker's relevance, in [0, 1] (1 for an anchor)
+    reasons: list[str] = field(default_factory=list)  # the generators that proposed it
+    why: list[str] = field(default_factory=list)  # worded itemised reasons, biggest first
+    contributions: dict[str, float] = field(default_factory=dict)  # reason group -> share of ``raw``
+    raw: float = 0.0  # the ranker's raw score; relevance = sigmoid(raw)
 
     @property
     def reason(self) -> str:
@@ -221,36 +227,39 @@ class CandidateRetriever:
         constraints: Constraints | None = None,
         k: int | None = None,
         query_vec: np.ndarray | None = None,
+        types: Sequence[str] = (),
     ) -> list[Candidate]:
+        """The anchors, then the candidate pool (:mod:`retrieval.pool`) ordered by the item
+        ranker's relevance (:mod:`retrieval.ranker`), best first, ties by product id.
+
+        Each candidate's ``score`` is its relevance in [0, 1], ``reasons`` the generators
+        that proposed it, ``why`` the worded itemised reasons and ``contributions`` the
+        reason groups' shares of the raw score (they add up to ``raw``). ``types`` are
+        product types a composer wants filled: their best products join the pool."""
         constraints = constraints or Constraints()
         k = k or self.cfg.max_candidates
-        found: dict[str, Candidate] = {}
+        anchors = list(dict.fromkeys(str(a) for a in anchors if str(a) in self.index.row_of.index))
+        if query.strip() and query_vec is None:
+            query_vec = self.embedder.encode_one(query)
+        ranker = self.index.ranker
+        known_user = profile is not None and not profile.is_guest
+        ctx = ranker.context(
+            user_key=profile.user_key if known_user and profile is not None else None,
+            profile_vec=profile.preference_vector() if profile is not None else None,
+            anchors=anchors, query_vec=query_vec if query.strip() else None, types=types, query=query.strip(),
+        )
+        ids, row_of = ranker.catalogue.ids, ranker.catalogue.row_of
 
-        def add(pairs: list[tuple[str, float]], reason: str) -> None:
-            for pid, score in pairs:
-                cand = found.setdefault(pid, Candidate(pid, 0.0))
-                if reason not in cand.reasons:
-                    cand.reasons.append(reason)
-                cand.score = max(cand.score, float(score))
+        def nearest(vec: np.ndarray, n: int) -> list[int]:  # Chroma's HNSW: ~4 ms against ~25 ms exact
+            return [row_of[pid] for pid, _ in self.nearest(vec, constraints, n) if pid in row_of]
 
-        anchors = [str(a) for a in anchors if str(a) in self.index.row_of.index]
-        add([(a, 1.0) for a in anchors], "anchor")
-        hits: list[tuple[str, float]] = []
-        if query.strip():
-            if query_vec is None:
-                query_vec = self.embedder.encode_one(query)
-            # the round-robin below takes at most k of any one reason
-            hits = self.semantic(query_vec, constraints, min(self.cfg.semantic_k, k))
-            add(hits, "semantic")
-        seeds = anchors + [pid for pid, _ in hits[:3]]
-        if seeds:
-            add(self.complements(seeds, constraints, self.cfg.complements_per_item), "complement")
-        if profile is not None and not profile.is_guest:
-            add(self.affinity(profile, constraints, min(self.cfg.affinity_k, k)), "affinity")
-        if len(found) < k:
-            add(self.popular(constraints, self.cfg.popular_k), "popular")
-        ranked = sorted(found.values(), key=lambda c: (REASONS.index(c.reason), -round(c.score, 6), c.product_id))
-        return _interleave(ranked, k)
+        ranked, X = ranker.rank(ctx, lambda row: self.allowed(str(ids[row]), constraints), max(k - len(anchors), 0),
+                                nearest)
+        ranker.explain(ctx, ranked, X)
+        out = [Candidate(a, 1.0, ["anchor"]) for a in anchors]
+        out += [Candidate(r.product_id, r.relevance, list(r.generators), why=[w.text for w in r.reasons],
+                          contributions=r.contributions, raw=r.raw) for r in ranked]
+        return out[:k]
 
 
 def _interleave(ranked: list[Candidate], k: int) -> list[Candidate]:

@@ -218,6 +218,55 @@ class RetrievalConfig(BaseModel):
     max_candidates: int = 40
 
 
+class RankerConfig(BaseModel):
+    """The learned item ranker (:mod:`retrieval.ranker`) and its candidate pool
+    (:mod:`retrieval.pool`).
+
+    Trained at ``index`` time from the index's own data with an internal split:
+    baskets of the last ``label_days`` are labels and everything before them is the
+    history the features are computed from (Complete Journey and other basket data);
+    BundleRec-style data (hand-made bundles) holds ``bundle_folds`` folds of its bundles
+    out in turn and asks for each held-out item given the rest. With fewer than
+    ``min_queries`` training queries the documented linear fallback ranks instead.
+    Hyper-parameters were chosen on the ranker's internal validation queries (a seeded
+    ``valid_share`` of them, by user or bundle), never on eval test cases.
+    """
+
+    enabled: bool = True
+    seed: int = 0
+    num_threads: int = 2  # fixed: LightGBM's result may depend on the thread count
+    num_leaves: int = 31
+    learning_rate: float = 0.05
+    n_estimators: int = 300
+    early_stopping_rounds: int = 30
+    min_data_in_leaf: int = 50
+    feature_fraction: float = 0.9
+    lambda_l2: float = 1.0
+    truncation_level: int = 30
+    label_days: float = 42.0  # basket data: the last six weeks are the labels
+    min_types: int = 4  # a label basket needs this many distinct product types
+    min_history_baskets: int = 5
+    max_queries: int = 3000
+    bundle_folds: int = 4
+    max_held_per_bundle: int = 3
+    valid_share: float = 0.2
+    min_queries: int = 40  # fewer training queries than this: the fallback blend ranks
+    query_share: float = 0.25  # training queries given a synthetic need (a target's product type)
+    half_life_days: float = 28.0  # recency weighting of the repeat history
+    # pool sizes per generator (the pool is their union, several hundred items)
+    repeat_k: int = 150
+    cooc_k: int = 80
+    cooc_once_k: int = 40
+    cooc_min_frequent: int = 10  # fewer frequent (count >= 2) pairs than this: back off to pairs seen once
+    type_cooc_types: int = 15
+    similar_k: int = 30
+    semantic_k: int = 40
+    profile_k: int = 20
+    type_popular_per_type: int = 3
+    popular_k: int = 30
+    role_k: int = 5
+
+
 class LLMConfig(BaseModel):
     model: str | None = None  # None: the packaged SmolLM2 GGUF
     # Two bundles of compact JSON take ~110-130 tokens; at ~20 tokens/s on 2 CPU cores
@@ -244,4 +293,5 @@ class Settings(BaseModel):
     catalogue: CatalogueConfig = Field(default_factory=CatalogueConfig)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    ranker: RankerConfig = Field(default_factory=RankerConfig)
     llm: LLMConfig = Field(default_factory=LLMConfig)

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,12 +31,15 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .buildtime import MAX_REJECTED_SHARE
 from .config import Settings
 from .copurchase import CoPurchase, baskets_of
 from .embeddings import Embedder
 from .profiles import UserProfile, build_profiles
 from .schema import Dataset, product_text
 from .store import ChromaStore, StoreUnavailable
+from .titles import display_titles
+from .validation import PartialBuild, build_problem
 
 BUILD_FORMAT = 2  # 2: extra tables keep pseudonymised user ids; an older index is rebuilt
 PRODUCT_META_FIELDS = ("title", "category", "department", "product_type", "brand", "price", "in_stock", "popularity")
@@ -43,6 +47,10 @@ PRODUCT_META_FIELDS = ("title", "category", "department", "product_type", "brand
 
 class IndexMissing(RuntimeError):
     pass
+
+
+class IndexDamaged(IndexMissing):
+    """``current.json`` points at a build whose files are gone or unreadable."""
 
 
 @dataclass
@@ -98,7 +106,12 @@ def build_index(
     progress: bool = True,
     force: bool = False,
     on_stage: Callable[[str], None] | None = None,
+    max_rejected_share: float = MAX_REJECTED_SHARE,
+    allow_partial: bool = False,
 ) -> BuildReport:
+    """Build ``ds`` into a new build folder and switch ``current.json`` to it. Raises
+    :class:`PartialBuild` before touching the serving index when ``ds`` has no products or
+    rejected more than ``max_rejected_share`` of its rows (unless ``allow_partial``)."""
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = dataset_fingerprint(ds, settings)
@@ -107,6 +120,7 @@ def build_index(
     if (not force and current and current.get("fingerprint") == fingerprint
             and current.get("products_collection") in store.collections()):
         return BuildReport(current["build_id"], True, ds.summary())
+    _refuse_partial(ds, data_dir, current, max_rejected_share, allow_partial)
 
     build_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + fingerprint[:8]
     folder = data_dir / "builds" / build_id
@@ -144,15 +158,15 @@ def build_index(
         profiles_collection = products_collection.replace("products__", "profiles__")
         store.create(profiles_collection)
         _store_profiles(store, profiles_collection, profiles, progress)
+    with timed("ranker"):
+        from .ranker import train_and_save  # the item ranker, learned from this build's data only
+
+        train_and_save(ds.interactions, products, vectors, settings.ranker, folder, extras=ds.extras,
+                       encode=embedder.encode, key_of=pseudonymise)
     with timed("save"):
         products.to_parquet(folder / "catalogue.parquet", index=False)
         np.save(folder / "item_embeddings.npy", vectors)
-        from assistant.privacy import write_safe_csv  # a merchant opens this report in a spreadsheet
-
-        # a rejected user id stays out of storage: the file and row say where to look
-        rejected = [{**r.as_dict(), "value": "" if r.field == "user_id" else r.value} for r in ds.quarantine]
-        write_safe_csv(pd.DataFrame(rejected, columns=["file", "row", "field", "reason", "value"]),
-                       folder / "quarantine.csv")
+        _write_quarantine(ds, folder / "quarantine.csv")
         for name, extra in ds.extras.items():
             _with_pseudonymous_users(extra, pseudonymise).to_parquet(folder / f"extra_{name}.parquet", index=False)
         summary = {**ds.summary(), "profiles": len(profiles)}
@@ -169,6 +183,33 @@ def build_index(
     _write_json_atomic(data_dir / "current.json", pointer)
     _drop_old_builds(data_dir, store, keep=build_id)
     return BuildReport(build_id, False, summary, seconds)
+
+
+def _write_quarantine(ds: Dataset, path: Path) -> None:
+    from .safe_csv import write_safe_csv  # a merchant opens this report in a spreadsheet
+
+    # a rejected user id stays out of storage: the file and line say where to look
+    rejected = [{"line": None, **r.as_dict(), "value": "" if r.field == "user_id" else r.value}
+                for r in ds.quarantine]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_safe_csv(pd.DataFrame(rejected, columns=["file", "line", "row", "field", "reason", "value"]), path)
+
+
+def _refuse_partial(ds: Dataset, data_dir: Path, current: dict | None, max_share: float,
+                    allow_partial: bool) -> None:
+    """Stop an empty or mostly rejected build before it writes anything the serving index
+    uses; the quarantine report still goes to ``DATA_DIR/rejected_build/`` so the user can
+    see what was wrong."""
+    summary = ds.summary()
+    problem = build_problem(summary["products"], summary["interactions"], summary["rejected"], max_share,
+                            allow_partial=allow_partial)
+    if problem is None:
+        return
+    report = data_dir / "rejected_build" / "quarantine.csv"
+    _write_quarantine(ds, report)
+    kept = (f"the index in {data_dir} was not changed (build {current['build_id']} still serves)"
+            if current else f"no index was written to {data_dir}")
+    raise PartialBuild(f"{problem}; {kept}; quarantine report: {report}", report)
 
 
 def _baskets(ds: Dataset) -> pd.DataFrame:
@@ -239,12 +280,34 @@ class Index:
                 f"the Chroma store has no collection {self.products_collection}; "
                 "rebuild with `bundle-assistant index --force`"
             )
-        self.products = pd.read_parquet(self.folder / "catalogue.parquet")
-        self.products["product_id"] = self.products["product_id"].astype(str)
-        self.catalogue = self.products.set_index("product_id", drop=False)
-        self.item_embeddings = np.load(self.folder / "item_embeddings.npy")
-        self.row_of = pd.Series(np.arange(len(self.products)), index=self.products["product_id"])
-        self.copurchase = CoPurchase.load(self.folder, self.products)
+        self._ranker = None
+        try:
+            self.products = pd.read_parquet(self.folder / "catalogue.parquet")
+            self.products["product_id"] = self.products["product_id"].astype(str)
+            if "display_title" not in self.products.columns:  # for people; "title" stays for search/export
+                self.products["display_title"] = display_titles(self.products, self.source)
+            self.catalogue = self.products.set_index("product_id", drop=False)
+            self.item_embeddings = np.load(self.folder / "item_embeddings.npy")
+            self.row_of = pd.Series(np.arange(len(self.products)), index=self.products["product_id"])
+            self.copurchase = CoPurchase.load(self.folder, self.products)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            # a deleted or truncated build file: say how to get a working index back
+            raise IndexDamaged(
+                f"the index in {self.data_dir} is damaged (build {pointer['build_id']}: "
+                f"{type(exc).__name__}: {exc}); rebuild it with `bundle-assistant index --force "
+                f"--data-dir {self.data_dir}` and the --source/--path it was built from"
+            ) from exc
+
+    @property
+    def ranker(self):
+        """The build's item ranker (:class:`retrieval.ranker.Ranker`), loaded on first use;
+        the documented fallback blend when the build has no model file."""
+        if self._ranker is None:
+            from .ranker import Ranker
+
+            self._ranker = Ranker.load(self.folder, self.products, self.item_embeddings, self.copurchase,
+                                       self.settings.ranker)
+        return self._ranker
 
     def embedding(self, product_id: str) -> np.ndarray | None:
         row = self.row_of.get(str(product_id))

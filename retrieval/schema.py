@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 from pydantic import BaseModel, Field, field_validator
 
+from .filters import mentions  # the one whole-word matcher (filters imports schema only for types)
+
 PRODUCT_COLUMNS: tuple[str, ...] = (
     "product_id",
     "title",
@@ -161,6 +163,4 @@ class Constraints(BaseModel):
     def excludes(self, text: str) -> bool:
         """True when ``text`` (a title or category path) mentions an exclusion word as a
         whole word ("ham" does not exclude "GRAHAM CRACKERS")."""
-        from assistant.constraints import mentions  # the word rules live with the parser
-
         return mentions(text, self.exclude) is not None

@@ -7,7 +7,6 @@ schema, plus a quarantine of rejected rows. The schema is deliberately retail-ge
 
 from __future__ import annotations
 
-import ast
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -17,7 +16,7 @@ import pandas as pd
 
 from .config import Settings
 from .schema import Dataset, Rejection, SchemaError
-from .validation import validate_interactions, validate_products
+from .validation import validate_interactions, validate_products, with_lines
 
 SOURCES = ("completejourney", "bundlerec", "csv", "parquet")
 BUNDLEREC_FILES = (
@@ -281,21 +280,31 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def interactions_file_for(path: Path) -> Path | None:
+    """The ``interactions.csv`` (or ``.parquet``) that goes with a catalogue: in the folder
+    itself, or beside the catalogue file. None when there is none."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    found = _find(folder, "interactions")
+    return None if found is None or (path.is_file() and found.resolve() == path.resolve()) else found
+
+
 def load_files(
     path: Path, settings: Settings, *, column_map: dict[str, str], limit: int | None = None
 ) -> Dataset:
-    """A catalogue file (or a folder with ``products.csv|parquet`` and an optional
-    ``interactions.csv|parquet``). ``column_map`` maps our field names to the file's
-    column names, e.g. ``{"title": "name", "price": "unit_cost"}``."""
+    """A catalogue file, or a folder with ``products.csv|parquet``; in both cases an
+    ``interactions.csv|parquet`` in the same folder is loaded too. ``column_map`` maps our
+    field names to the file's column names, e.g. ``{"title": "name", "price": "unit_cost"}``."""
     if path.is_dir():
         catalogue = _find(path, "products")
         if catalogue is None:
-            raise SchemaError(str(path), "no products.csv or products.parquet in this folder")
-        interactions_file = _find(path, "interactions")
+            raise SchemaError(str(path), "no products.csv or products.parquet in this folder "
+                                         "(the catalogue; interactions.csv or .parquet beside it is optional)")
     else:
         if not path.exists():
             raise SchemaError(str(path), "no such file")
-        catalogue, interactions_file = path, None
+        catalogue = path
+    interactions_file = interactions_file_for(path)
     rename = {theirs: ours for ours, theirs in column_map.items()}
     raw = _mapped(_read_table(catalogue), rename)
     if limit:
@@ -324,9 +333,11 @@ def apply_margin_overrides(ds: Dataset, path: Path) -> None:
                           column="margin_rate")
     rate = pd.to_numeric(table["margin_rate"], errors="coerce")
     bad = rate.isna() | (rate < 0) | (rate >= 1)
-    for i in np.flatnonzero(bad.to_numpy()):
-        ds.quarantine.append(Rejection(str(path), int(i) + 1, "margin_rate", "margin_rate must be in [0, 1)",
-                                       str(table["margin_rate"].iloc[i])))
+    ds.quarantine.extend(with_lines([
+        Rejection(str(path), int(i) + 1, "margin_rate", "margin_rate must be in [0, 1)",
+                  str(table["margin_rate"].iloc[i]))
+        for i in np.flatnonzero(bad.to_numpy())
+    ], str(path)))
     mapping = dict(zip(table.loc[~bad, key].astype(str).str.strip(), rate[~bad]))
     hit = ds.products[key].astype(str).map(mapping)
     ds.products["margin_rate"] = hit.fillna(ds.products["margin_rate"]).astype(float)

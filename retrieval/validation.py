@@ -9,9 +9,15 @@ Everything here is vectorised: Complete Journey has 1.5M transaction lines.
 
 from __future__ import annotations
 
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
+from .buildtime import MAX_REJECTED_SHARE
 from .schema import (
     EVENTS,
     REQUIRED_INTERACTION_COLUMNS,
@@ -22,6 +28,93 @@ from .schema import (
 
 MAX_PRICE = 100_000.0  # above this a "price" is a data error (a unit or cents mix-up)
 MAX_TEXT = 2_000  # longer titles are truncated, not rejected: the product is still real
+
+
+@dataclass(frozen=True)
+class LineRejection(Rejection):
+    """A rejection that also knows its line in a text file (the header is line 1), which is
+    what an editor shows; ``row`` stays the 1-based data row. ``line`` is None where the
+    source has no lines (parquet, the packaged data)."""
+
+    line: int | None = None
+
+    def as_dict(self) -> dict:
+        return {**super().as_dict(), "line": self.line}
+
+
+def where(rejection: Rejection) -> str:
+    """'line 3' for a text file, else 'row 2': how a message points at a rejected row."""
+    line = getattr(rejection, "line", None)
+    return f"line {line}" if line is not None else f"row {rejection.row}"
+
+
+def _csv_record_lines(path: Path) -> np.ndarray | None:
+    """The line each data record of a CSV file starts on (index 0: the first data row).
+
+    A quoted field may span lines and pandas skips blank lines, so a record's line is not
+    always its row + 1; without quotes, carriage returns or blank lines it is, and the
+    file is not parsed again. None when the file cannot be read here."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if b'"' not in data and b"\r" not in data and b"\n\n" not in data and not data.startswith(b"\n"):
+        return np.arange(2, data.count(b"\n") + 3)
+    starts: list[int] = []
+    previous = 0
+    limit = csv.field_size_limit()
+    try:
+        csv.field_size_limit(sys.maxsize)
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
+            reader = csv.reader(fh)
+            for record in reader:
+                if record:  # a blank line is no record, for pandas either
+                    starts.append(previous + 1)
+                previous = reader.line_num
+    except (csv.Error, OSError):
+        return None
+    finally:
+        csv.field_size_limit(limit)
+    return np.asarray(starts[1:], dtype=np.int64)  # starts[0] is the header
+
+
+def with_lines(rejections: list[Rejection], file: str) -> list[Rejection]:
+    """The rejections in file order, each with its file line when ``file`` is a CSV on disk."""
+    ordered = sorted(rejections, key=lambda r: r.row)
+    path = Path(file)
+    lines = _csv_record_lines(path) if ordered and path.suffix.lower() == ".csv" and path.is_file() else None
+    out: list[Rejection] = []
+    for r in ordered:
+        line = int(lines[r.row - 1]) if lines is not None and 0 < r.row <= len(lines) else None
+        out.append(LineRejection(r.file, r.row, r.field, r.reason, r.value, line))
+    return out
+
+
+class PartialBuild(ValueError):
+    """A build that would replace the serving index with an empty or mostly rejected one.
+    ``report`` is where the quarantine report of the refused build was written."""
+
+    def __init__(self, message: str, report: Path | None = None):
+        super().__init__(message)
+        self.report = report
+
+
+def build_problem(products: int, interactions: int, rejected: int, max_share: float = MAX_REJECTED_SHARE,
+                  *, allow_partial: bool = False) -> str | None:
+    """Why a dataset must not become the serving index, or None when it may.
+
+    No products can never serve. Otherwise the share of rejected rows among all rows read
+    (loaded products and interactions plus rejections) must stay at or under ``max_share``,
+    unless the user accepts a partial build on purpose."""
+    if products == 0:
+        return (f"no products loaded (rejected {rejected:,} rows): nothing to serve, so the build stops "
+                "here; fix the catalogue (see the quarantine report)")
+    read = products + interactions + rejected
+    share = rejected / read if read else 0.0
+    if share > max_share and not allow_partial:
+        return (f"rejected {rejected:,} of {read:,} rows ({share:.0%}), more than the allowed {max_share:.0%}; "
+                "fix the data (see the quarantine report) or pass --force-partial to build from the rest")
+    return None
 
 
 def require_columns(df: pd.DataFrame, required: tuple[str, ...], file: str) -> None:
@@ -76,7 +169,7 @@ def _printable(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _reject_bad_utf8(q: "_Quarantine", df: pd.DataFrame) -> None:
+def _reject_bad_utf8(q: _Quarantine, df: pd.DataFrame) -> None:
     for col in _text_columns(df):
         bad = _has_bad_utf8(df[col])
         q.reject(bad, str(col), "text is not valid UTF-8", df[col])
@@ -165,7 +258,7 @@ def validate_products(
     df = df[q.alive].copy()
     rows = q.rows[q.alive]
     df, dup_rejections = _drop_duplicate_ids(df, rows, file)
-    return _normalise_products(df), q.rejections + dup_rejections
+    return _normalise_products(df), with_lines(q.rejections + dup_rejections, file)
 
 
 def _drop_duplicate_ids(
@@ -295,4 +388,4 @@ def validate_interactions(
     )
     if "week" in df.columns:
         out["week"] = df["week"].astype(int)
-    return out.reset_index(drop=True), q.rejections
+    return out.reset_index(drop=True), with_lines(q.rejections, file)

@@ -83,7 +83,8 @@ def _write_without(src: Path, dst: Path, bundles: set[str], sessions: set[str]) 
 
 def _bundles_and_sessions(ds, split) -> tuple[set[str], set[str]]:
     removed_bundles = set(ds.extras["bundle_item"]["bundle ID"]) - set(split.train.extras["bundle_item"]["bundle ID"])
-    removed_sessions = set(ds.extras["session_item"]["session ID"]) - set(split.train.extras["session_item"]["session ID"])
+    removed_sessions = (set(ds.extras["session_item"]["session ID"])
+                        - set(split.train.extras["session_item"]["session ID"]))
     return removed_bundles, removed_sessions
 
 
@@ -244,8 +245,8 @@ def test_cli_cj_completion_end_to_end(tmp_path: Path, work_dir: Path, capsys) ->
     result = json.loads((tmp_path / "cj-completion.json").read_text())
     assert result["config"]["cases"] == 3 and result["seed"] == 0 and result["git"]["commit"]
     block = result["blocks"]["all"]
-    assert {"random", "popularity", "cooccurrence", "embedding-nn", "buy-again", "system:rule"} <= set(
-        block["levels"]["type"]["scores"])
+    assert {"random", "popularity", "cooccurrence", "embedding-nn", "buy-again", "buy-again+cooccurrence",
+            "itemknn", "system:rule"} <= set(block["levels"]["type"]["scores"])
     assert block["levels"]["sku"]["scores"]["system:rule"]["ndcg@10"]["mean"] >= 0
     assert all(row["invented_product_rate"] == 0 for row in block["beyond_accuracy"].values())
     assert [p["margin_weight"] for p in result["tradeoff"]["points"]] == [0.0, 0.2, 0.4, 0.6, 0.8]
@@ -265,7 +266,8 @@ def test_cli_bundlerec_completion_end_to_end_and_deterministic(
     first = runs[0]
     assert runs[0] == runs[1]
     scores = first["blocks"]["all"]["levels"]["sku"]["scores"]
-    assert set(scores) == {"random", "popularity", "cooccurrence", "embedding-nn", "system:rule"}
+    assert set(scores) == {"random", "popularity", "cooccurrence", "embedding-nn", "buy-again+cooccurrence",
+                           "itemknn", "system:rule"}
     assert first["split"]["test_bundles"] == round(0.2 * first["split"]["bundles"])
     assert first["blocks"]["all"]["levels"]["sku"]["tests_vs_best_baseline"]["system:rule"]["mrr"]["t_test"] is not None
 

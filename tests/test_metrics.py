@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from eval.metrics import (
     Interval,
-    bundle_generation_metrics,
     budget_satisfaction_rate,
+    bundle_generation_metrics,
     catalogue_coverage,
     compare_systems,
     confidence_interval,
@@ -402,3 +402,64 @@ def test_bundle_metrics_stay_in_range_and_truth_scores_perfectly(sessions) -> No
     perfect = bundle_generation_metrics([(truth, truth) for _, truth in sessions])
     assert perfect["precision"] == perfect["recall"] == perfect["matched_recall"] == 1.0
     assert perfect["coverage"] == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------------------
+# pair-level generation metrics and ground-truth bundles found
+# ----------------------------------------------------------------------------------------
+
+
+def test_bundle_pairs_count_n_choose_2_and_dedupe() -> None:
+    from eval.metrics import bundle_pairs
+
+    assert len(bundle_pairs([["a", "b", "c", "d"]])) == 6
+    assert bundle_pairs([["a", "b"], ["b", "a", "a"]]) == {frozenset("ab")}
+    assert bundle_pairs([["a"]]) == set()
+
+
+def test_a_single_small_bundle_wins_set_metrics_but_not_pair_f1() -> None:
+    from eval.metrics import session_pair_scores
+
+    truth = [["a", "b", "c", "d"]]  # 6 pairs
+    small = [["a", "b"]]  # inside the truth: a hit
+    big = [["a", "b", "c", "d", "e"]]  # all four plus one stray item: no hit
+    assert session_bundle_scores(small, truth).precision == 1.0
+    assert session_bundle_scores(small, truth).recall == 1.0
+    assert session_bundle_scores(big, truth).precision == 0.0
+    s, b = session_pair_scores(small, truth), session_pair_scores(big, truth)
+    # small: 1 of 1 pair right, 1 of 6 found -> F1 = 2·1·(1/6)/(1 + 1/6) = 0.2857
+    assert (s.precision, s.recall) == (1.0, pytest.approx(1 / 6)) and s.f1 == pytest.approx(2 / 7)
+    # big: 6 of 10 pairs right, all 6 found -> F1 = 2·0.6·1/1.6 = 0.75
+    assert (b.precision, b.recall, b.f1) == (pytest.approx(0.6), 1.0, pytest.approx(0.75))
+    empty = session_pair_scores([], truth)
+    assert (empty.precision, empty.recall, empty.f1, empty.truth) == (0.0, 0.0, 0.0, 6)
+
+
+def test_micro_pair_precision_is_not_lifted_by_one_lucky_pair() -> None:
+    from eval.metrics import pair_metrics
+
+    sessions = [
+        ([["a", "b"]], [["a", "b", "c"]]),  # one right pair
+        ([["p", "q", "r", "s"]], [["p", "x"], ["q", "y"]]),  # six wrong pairs
+    ]
+    # set precision averages sessions: (1 + 0) / 2 = 0.5; so does the macro pair precision
+    assert bundle_generation_metrics(sessions)["precision"] == 0.5
+    m = pair_metrics(sessions)
+    assert m["pair_precision"] == 0.5
+    # pooled over pairs: 1 right of 7 predicted, 1 found of 3 + 2 = 5 true pairs
+    assert m["micro_pair_precision"] == pytest.approx(1 / 7)
+    assert m["micro_pair_recall"] == pytest.approx(1 / 5)
+    assert m["micro_pair_f1"] == pytest.approx(2 * (1 / 7) * (1 / 5) / (1 / 7 + 1 / 5))
+    # per session F1: 2·1·(1/3)/(4/3) = 0.5 and 0 -> 0.25
+    assert m["pair_f1"] == pytest.approx(0.25)
+
+
+def test_bundles_found_exact_and_by_jaccard() -> None:
+    from eval.metrics import bundles_found, jaccard
+
+    truth = [["a", "b", "c"], ["d", "e"], ["f", "g", "h", "i"]]
+    pred = [["a", "b", "c"], ["d", "x"], ["f", "g", "h"]]
+    assert jaccard(["d", "x"], ["d", "e"]) == pytest.approx(1 / 3)
+    assert jaccard(["f", "g", "h"], ["f", "g", "h", "i"]) == pytest.approx(0.75)
+    assert bundles_found(pred, truth) == (1, 2)
+    assert bundles_found([], truth) == (0, 0)

@@ -38,6 +38,8 @@ class Need(BaseModel):
     include: list[str] = Field(default_factory=list)  # must-include items ("steak", "wine")
     exclude: list[str] = Field(default_factory=list)  # words excluded ("cheese", "dairy")
     add_roles: list[str] = Field(default_factory=list)  # "add a drink" -> ["drink"]
+    # "healthier": prefer healthier types (rule in assistant/nlu/session.py); composition reads it
+    healthier: bool = False
     language: str = "en"
     audience: Audience = "shopper"
     # merchandiser terms

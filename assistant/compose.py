@@ -1,0 +1,876 @@
+"""Composition: a :class:`~assistant.nlu.need.Need` becomes roles, and roles become bundles.
+
+A *role* is one slot of a bundle (the protein of taco night); its *options* are the kinds
+of product that may fill it (ground beef, chicken breast, refried beans). A bundle fills
+each role with ONE product, at a quantity sized to the need.
+
+1. **Plan.** The occasion lexicon (``assistant/nlu/occasion_roles.json``, general shopping
+   knowledge kept as data) gives the roles of common occasions. A need it does not know
+   is planned from the catalogue itself: the request is matched by meaning against the
+   catalogue's product-type names ("product type / commodity", embedded once with the
+   index's MiniLM), and the best types are expanded with their type-level co-purchase
+   neighbours (NPMI over baskets). Diets drop the options they rule out
+   (``diet_tags``); a food need never gets a non-food type.
+2. **Products.** Within an option, products are ranked for this shopper: retrieval's
+   relevance for the request (the ranking core's score when it has one), popularity,
+   closeness to the shopper's preference (or the request) embedding, and whether the
+   household usually buys it. Every product passes the retriever's hard filter.
+3. **Quantities.** ``portions = servings × days`` (meal occasions); a role serves
+   ``per_person`` of its unit, read against the package size ("1 LB", "12 CT", "1/2 GAL");
+   where the size cannot be read, a package serves ``pack_serves``. With nothing said
+   about people or days, one package of each.
+4. **Budget.** A stated budget is a cap and a guide: over it, the costliest roles move
+   to cheaper products of the same option; under ``BUDGET_TARGET`` of it, optional roles
+   are added while they fit.
+5. **Alternatives.** Option combinations are tried in order of typicality (earlier
+   options are the usual ones); a bundle is kept only when its product types overlap
+   every kept bundle's by Jaccard ≤ ``MAX_TYPE_JACCARD``, and a headline option already
+   shown is penalised, so the answer is beef, chicken and bean tacos rather than three
+   pack sizes of shells.
+6. **Names** come from the roles ("Beef taco night for 4"), never from model text.
+
+Everything is deterministic: ties break by product id, option order and combination
+index. Prices are the catalogue's; the reranker prices ``unit price × quantity``.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from .nlu.need import Need
+
+LEXICON_PATH = Path(__file__).parent / "nlu" / "occasion_roles.json"
+
+# A bundle kept must share at most this share of product types with every other kept one
+# (issue 11: real alternatives, never pack-size or brand lookalikes).
+MAX_TYPE_JACCARD = 0.5
+# Optional roles are added while the bundle stays under this share of a stated budget:
+# a meal "for four, under $25" should use a fair part of the $25, not $4.48 of it.
+BUDGET_TARGET = 0.9
+MAX_QUANTITY = 12  # packages of one product; more is a wholesale order, not a bundle
+MAX_ITEMS = 8
+FILL_ITEMS = 5  # with no budget, optional roles fill a bundle up to this many products
+PRODUCTS_PER_OPTION = 40  # most popular allowed products considered per option
+OPTIONS_PER_ROLE = 4  # options per role tried in combinations (the usual ones first)
+MAX_COMBOS = 2000
+MAX_BUILDS = 400  # combinations tried per request before settling for fewer bundles
+# Product ranking within an option. Priors, not tuned on any test case: popularity
+# dominates (what shoppers actually buy for that slot), then the shopper's own taste.
+W_POPULARITY, W_PREFERENCE, W_RELEVANCE, W_FAVOURITE = 0.5, 0.3, 0.2, 0.3
+HEADLINE_REPEAT_PENALTY = 1.0
+# Semantic planning for needs the lexicon does not know.
+SEMANTIC_MIN_SIM = 0.35
+SEMANTIC_SEED_TYPES = 3
+SEMANTIC_COMPLEMENTS = 6
+NAME_MAX = 48
+
+# Departments and commodity words that are not food (Complete Journey files candy under
+# DRUG GM, so a department alone cannot tell). The hard food rule itself belongs to
+# retrieval.filters; this only keeps semantic planning from seeding a food need with a
+# non-food type.
+_NONFOOD_DEPARTMENTS = frozenset({
+    "COSMETICS", "FLORAL", "GARDEN CENTER", "MISCELLANEOUS", "COUPON", "TRAVEL & LEISURE", "FUEL",
+    "PHOTO & VIDEO", "CNTRL/STORE SUP", "TOYS", "POSTAL CENTER", "CHARITABLE CONT", "PROD-WHS SALES",
+    "AUTOMOTIVE", "ELECT &PLUMBING", "GM MERCH EXP", "HOUSEWARES",
+})
+_NONFOOD_WORDS = re.compile(
+    r"PET|DOG|CAT |CAT$|LITTER|LAUNDRY|DETERG|BLEACH|CLEAN|PAPER|TOWEL|TISS|TRSH|TRASH|WRAP|FOIL|BAGS|"
+    r"CANDLE|CARD|PARTY SPLY|STATIONERY|SCHOOL|TOBACCO|CIGAR|VITAMIN|MEDIC|HAIR|SHAMPOO|SOAP|DIAPER|"
+    r"HBC|DEODOR|ORAL|SHAV|FEMININE|FIRST AID|TOY|DECOR|LIGHT|BATTER|CHARCOAL|COOKWARE|BAKEWARE|"
+    r"PLASTIC|STORAGE|AIR FRESH|INSECT|HOSIERY|SOCKS|APPAREL|COSMETIC|FRAGRANCE|SKIN|EYE|EAR|FOOT|"
+    r"ANALGESIC|COLD AND FLU|ANTACID|LAXATIVE|MAGAZINE|BOOK|GREETING|GIFT|FILTER|MOPS|BROOM|HARDWARE",
+)
+_FOOD_IN_DRUG_GM = re.compile(r"CANDY|BABY FOOD|INFANT FORMULA|GUM|SNACK")
+
+
+def is_food_category(category: str) -> bool:
+    """Whether a category path ("DEPT > COMMODITY > TYPE") is food."""
+    parts = [p.strip() for p in str(category).upper().split(">")]
+    dept = parts[0] if parts else ""
+    rest = " > ".join(parts[1:])
+    if dept in _NONFOOD_DEPARTMENTS:
+        return False
+    if dept == "DRUG GM":
+        return bool(_FOOD_IN_DRUG_GM.search(rest))
+    return not _NONFOOD_WORDS.search(rest)
+
+
+# --------------------------------------------------------------------------- lexicon
+
+
+class RoleSpec(BaseModel):
+    """One kind of product that can fill a role (an option)."""
+
+    key: str
+    match: list[str]
+    tags: list[str] = Field(default_factory=list)
+    per_person: float | None = None
+    unit: str = "oz"
+    pack_serves: float = 4.0
+    headline: str = ""
+    with_: list[str] = Field(default_factory=list, alias="with")
+
+    model_config = {"populate_by_name": True}
+
+    @property
+    def label(self) -> str:
+        return self.headline or self.key.capitalize()
+
+
+class RoleSlot(BaseModel):
+    options: list[str]
+    headline: bool = False
+    optional: bool = False
+    ask: bool = False  # only when the shopper asked for it (wine with pasta)
+
+
+class Occasion(BaseModel):
+    key: str
+    aliases: list[str]
+    food: bool | None = True
+    meal: bool = True
+    default_servings: int | None = None  # sizing when the shopper gave no head count (an office)
+    name: str = "{h} bundle"
+    roles: list[RoleSlot]
+
+
+class Lexicon(BaseModel):
+    version: int
+    diet_tags: dict[str, list[str]]
+    roles: dict[str, RoleSpec]
+    occasions: list[Occasion]
+
+
+@functools.lru_cache(maxsize=4)
+def load_lexicon(path: Path = LEXICON_PATH) -> Lexicon:
+    raw = json.loads(Path(path).read_text())
+    raw["roles"] = {k: {"key": k, **v} for k, v in raw["roles"].items()}
+    lexicon = Lexicon.model_validate(raw)
+    missing = sorted({o for occ in lexicon.occasions for slot in occ.roles for o in slot.options
+                      if o not in lexicon.roles}
+                     | {w for r in lexicon.roles.values() for w in r.with_ if w not in lexicon.roles})
+    if missing:
+        raise ValueError(f"{path}: roles used but not defined: {', '.join(missing)}")
+    return lexicon
+
+
+def _alias_re(alias: str) -> re.Pattern[str]:
+    return re.compile(r"(?<![a-z])" + re.escape(alias.lower()) + r"(?![a-z])")
+
+
+def detect_occasion(text: str, lexicon: Lexicon | None = None) -> Occasion | None:
+    """The first occasion (file order: specific before generic) one of whose aliases the
+    text names as whole words."""
+    lexicon = lexicon or load_lexicon()
+    low = text.lower()
+    for occ in lexicon.occasions:
+        if any(_alias_re(a).search(low) for a in occ.aliases):
+            return occ
+    return None
+
+
+def occasion_by_key(key: str | None, lexicon: Lexicon | None = None) -> Occasion | None:
+    if not key:
+        return None
+    lexicon = lexicon or load_lexicon()
+    key = key.lower().strip()
+    for occ in lexicon.occasions:
+        if occ.key == key or key in (a.lower() for a in occ.aliases):
+            return occ
+    return None
+
+
+def forbidden_tags(diets: Iterable[str], lexicon: Lexicon | None = None) -> set[str]:
+    lexicon = lexicon or load_lexicon()
+    return {t for d in diets for t in lexicon.diet_tags.get(d, [])}
+
+
+# ------------------------------------------------------------------------------ plan
+
+
+class Role(BaseModel):
+    """A role of one plan: its options (keys of the lexicon or of catalogue types)."""
+
+    name: str
+    options: list[RoleSpec]
+    headline: bool = False
+    optional: bool = False
+
+
+class RolePlan(BaseModel):
+    source: str  # "occasion" | "semantic"
+    occasion: str | None = None
+    name_template: str = "{h} bundle"
+    food: bool | None = None
+    meal: bool = True
+    default_servings: int | None = None
+    roles: list[Role] = Field(default_factory=list)
+
+    def summary(self) -> list[dict[str, Any]]:
+        return [{"role": r.name, "options": [o.key for o in r.options], "optional": r.optional}
+                for r in self.roles]
+
+
+@dataclass
+class TypeCatalogue:
+    """The catalogue seen by type: category path -> its products (most popular first),
+    built once per index. Only in-stock, priced products count."""
+
+    products: pd.DataFrame  # the index's product table
+    embed: Callable[[list[str]], np.ndarray] | None = None
+    _by_category: dict[str, list[str]] = field(default_factory=dict, init=False)
+    _facts: dict[str, tuple[float, float, str, str, str]] = field(default_factory=dict, init=False)
+    _match_cache: dict[tuple[str, ...], list[str]] = field(default_factory=dict, init=False)
+    _names: list[str] = field(default_factory=list, init=False)
+    _name_vectors: np.ndarray | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        p = self.products
+        usable = p[p["in_stock"].astype(bool) & p["price"].notna() & (p["price"].astype(float) > 0)]
+        ranked = usable.sort_values(["popularity", "product_id"], ascending=[False, True], kind="mergesort")
+        for cat, ids in ranked.groupby("category", sort=True)["product_id"]:
+            self._by_category[str(cat)] = [str(i) for i in ids]
+        self._facts = {
+            str(pid): (float(price), float(pop), str(size or ""), str(ptype or ""), str(cat or ""))
+            for pid, price, pop, size, ptype, cat in zip(
+                ranked["product_id"], ranked["price"], ranked["popularity"], ranked["size"],
+                ranked["product_type"], ranked["category"])
+        }
+        self._names = sorted(self._by_category)
+
+    @property
+    def categories(self) -> list[str]:
+        return self._names
+
+    def fact(self, pid: str) -> tuple[float, float, str, str, str]:
+        """(price, popularity, size, product type, category)."""
+        return self._facts[pid]
+
+    def has(self, pid: str) -> bool:
+        return pid in self._facts
+
+    def matching(self, patterns: Sequence[str]) -> list[str]:
+        """Products whose category path contains any pattern, most popular first."""
+        key = tuple(patterns)
+        if key not in self._match_cache:
+            pats = [p.upper() for p in patterns if p.strip()]
+            cats = [c for c in self._names if any(p in c.upper() for p in pats)]
+            ids = [pid for c in cats for pid in self._by_category[c]]
+            ids.sort(key=lambda i: (-self._facts[i][1], i))
+            self._match_cache[key] = ids
+        return self._match_cache[key]
+
+    def name_vectors(self) -> np.ndarray | None:
+        """The embedded "product type / commodity" name of every category, computed once."""
+        if self._name_vectors is None and self.embed is not None and self._names:
+            self._name_vectors = np.asarray(self.embed([type_name(c) for c in self._names]), dtype=np.float32)
+        return self._name_vectors
+
+    def nearest(self, vec: np.ndarray, k: int, food: bool | None) -> list[tuple[str, float]]:
+        vectors = self.name_vectors()
+        if vectors is None:
+            return []
+        sims = vectors @ np.asarray(vec, dtype=np.float32)
+        order = np.lexsort((np.arange(len(sims)), -np.round(sims, 6)))
+        out = []
+        for i in order:
+            cat = self._names[int(i)]
+            if food is not None and is_food_category(cat) != food:
+                continue
+            out.append((cat, float(sims[i])))
+            if len(out) >= k:
+                break
+        return out
+
+    def category_of_type(self, product_type: str) -> str | None:
+        """The most popular category holding ``product_type``."""
+        best, best_pop = None, -1.0
+        for cat in self._names:
+            if cat.rsplit(">", 1)[-1].strip() == product_type:
+                pop = sum(self._facts[i][1] for i in self._by_category[cat][:20])
+                if pop > best_pop:
+                    best, best_pop = cat, pop
+        return best
+
+
+def type_name(category: str) -> str:
+    """"GROCERY > COLD CEREAL > KIDS CEREAL" -> "kids cereal / cold cereal"."""
+    parts = [p.strip() for p in category.split(">")]
+    kind = parts[-1] if parts else category
+    commodity = parts[1] if len(parts) > 2 else ""
+    return f"{kind} / {commodity}".lower() if commodity and commodity != kind else kind.lower()
+
+
+def readable_type(category: str) -> str:
+    """A product type as words, never cut mid-word: Complete Journey truncates type names
+    at 30 characters ("MEXICAN SOFT TORTILLAS AND WRA"), so a name that long loses its
+    last, probably cut, word."""
+    kind = category.rsplit(">", 1)[-1].strip()
+    words = re.split(r"[\s/:&()-]+", kind)
+    words = [w for w in words if w]
+    if len(kind) >= 28 and len(words) > 1:
+        words = words[:-1]
+    return " ".join(words).lower()
+
+
+def plan_for(need: Need, types: TypeCatalogue, *, query_vec: np.ndarray | None = None,
+             complement_types: Callable[[str, int], list[tuple[str, float]]] | None = None,
+             lexicon: Lexicon | None = None) -> RolePlan | None:
+    """The roles of ``need``: from its occasion when the lexicon knows it, else from the
+    catalogue's types. None when nothing fits (the caller falls back to plain retrieval)."""
+    lexicon = lexicon or load_lexicon()
+    occasion = occasion_by_key(need.occasion, lexicon) or detect_occasion(need.text or "", lexicon)
+    banned = forbidden_tags(need.diets, lexicon)
+    if occasion is not None:
+        plan = _occasion_plan(occasion, need, banned, lexicon)
+        if plan.roles:
+            return plan
+    if query_vec is None:
+        return None
+    return _semantic_plan(need, types, query_vec, complement_types, banned)
+
+
+def _asked(spec: RoleSpec, need: Need) -> bool:
+    text = " ".join([need.text, *need.include, *need.add_roles]).lower()
+    return any(_alias_re(w).search(text) for w in {spec.key, spec.label.lower()})
+
+
+def _occasion_plan(occasion: Occasion, need: Need, banned: set[str], lexicon: Lexicon) -> RolePlan:
+    roles: list[Role] = []
+    for i, slot in enumerate(occasion.roles):
+        options = [lexicon.roles[o] for o in slot.options]
+        options = [o for o in options if not banned & set(o.tags)
+                   and not (set(o.with_) and any(banned & set(lexicon.roles[w].tags) for w in o.with_))]
+        if slot.ask:
+            options = [o for o in options if _asked(o, need)]
+        if options:
+            roles.append(Role(name=f"{occasion.key}-{i}", options=options, headline=slot.headline,
+                              optional=slot.optional and not slot.ask))
+    if roles and not any(r.headline for r in roles):
+        roles[0].headline = True
+    return RolePlan(source="occasion", occasion=occasion.key, name_template=occasion.name, food=occasion.food,
+                    meal=occasion.meal, default_servings=occasion.default_servings, roles=roles)
+
+
+def _semantic_spec(category: str) -> RoleSpec:
+    return RoleSpec(key=readable_type(category), match=[category], headline=readable_type(category).capitalize())
+
+
+def _semantic_plan(need: Need, types: TypeCatalogue, query_vec: np.ndarray,
+                   complement_types: Callable[[str, int], list[tuple[str, float]]] | None,
+                   banned: set[str]) -> RolePlan | None:
+    """Seed types by meaning, then their co-purchase complements: one role per seed kind
+    (its near types as alternatives) and up to three complement roles."""
+    food = need.food
+    seeds = [(c, s) for c, s in types.nearest(query_vec, 12, food) if s >= SEMANTIC_MIN_SIM]
+    if not seeds:
+        return None
+    if food is None:
+        food = is_food_category(seeds[0][0])
+    seed_cats = [c for c, _ in seeds[:SEMANTIC_SEED_TYPES]]
+    roles = [Role(name="seed", options=[_semantic_spec(c) for c in seed_cats], headline=True)]
+    taken = set(seed_cats)
+    complements: list[str] = []
+    if complement_types is not None:
+        for cat in seed_cats:
+            kind = cat.rsplit(">", 1)[-1].strip()
+            for other, _npmi in complement_types(kind, SEMANTIC_COMPLEMENTS):
+                target = types.category_of_type(other)
+                if target and target not in taken and is_food_category(target) == food:
+                    complements.append(target)
+                    taken.add(target)
+    # seeds beyond the first few are alternatives of a second role (close kinds)
+    extra = [c for c, _ in seeds[SEMANTIC_SEED_TYPES:] if c not in taken]
+    for i in range(0, min(len(complements), 6), 2):
+        roles.append(Role(name=f"complement-{i // 2}", options=[_semantic_spec(c) for c in complements[i:i + 2]]))
+    if len(roles) < 3 and extra:
+        roles.append(Role(name="related", options=[_semantic_spec(c) for c in extra[:3]]))
+    return RolePlan(source="semantic", occasion=None, name_template="{h} bundle", food=food, meal=False, roles=roles)
+
+
+# ------------------------------------------------------------------------ quantities
+
+_SIZE = re.compile(r"^\s*(?:(\d+)\s*(?:/|X|PK)\s*)?(\d*\.?\d+|\d+\s*/\s*\d+)\s*(FL\s*OZ|OZ|Z|LBS?|CT|PK|DZ|ML|LTR|L|"
+                   r"GAL|GA|QT|PT|PC|EA)\b", re.I)
+_TO_OZ = {"OZ": 1.0, "FLOZ": 1.0, "Z": 1.0, "LB": 16.0, "LBS": 16.0, "ML": 1 / 29.5735, "L": 33.814,
+          "LTR": 33.814, "GAL": 128.0, "GA": 128.0, "QT": 32.0, "PT": 16.0}
+_TO_CT = {"CT": 1.0, "PK": 1.0, "PC": 1.0, "EA": 1.0, "DZ": 12.0}
+
+
+def pack_amount(size: str) -> tuple[float, str] | None:
+    """A package size as (amount, "oz" or "ct"): "1 LB" -> (16, oz), "1/2 GAL" -> (64, oz),
+    "4/4 OZ" -> (16, oz), "12 CT" -> (12, ct). None when it cannot be read."""
+    m = _SIZE.match(str(size or ""))
+    if not m:
+        return None
+    count, number, unit = m.group(1), m.group(2).replace(" ", ""), m.group(3).upper().replace(" ", "")
+    if "/" in number:
+        a, b = number.split("/")
+        value = float(a) / float(b) if float(b) else 0.0
+    else:
+        value = float(number)
+    if count:
+        value *= float(count)
+    if value <= 0:
+        return None
+    if unit in _TO_OZ:
+        return value * _TO_OZ[unit], "oz"
+    return value * _TO_CT[unit], "ct"
+
+
+def portions(need: Need, meal: bool, default_servings: int | None = None) -> int | None:
+    """Servings to buy for: people × days for a meal occasion; None when the need says
+    nothing about either (one package of each is then the honest answer) and the
+    occasion implies no group size of its own."""
+    if need.servings is None and need.days is None and default_servings is None:
+        return None
+    people = need.servings or default_servings or 1
+    days = need.days if (need.days and meal) else 1
+    return max(1, people * days)
+
+
+def quantity(spec: RoleSpec, size: str, department: str, n: int | None) -> int:
+    """Packages of one product for ``n`` portions (see the module docstring)."""
+    if n is None:
+        return 1
+    amount = pack_amount(size)
+    # produce sizes in Complete Journey are often the case the store receives ("40 LB"
+    # bananas), not what a shopper takes home
+    if amount and department == "PRODUCE" and amount[0] > (80 if amount[1] == "oz" else 24):
+        amount = None
+    if spec.per_person and amount and amount[1] == spec.unit:
+        need = n * spec.per_person / amount[0]
+    else:
+        need = n / max(spec.pack_serves, 0.1)
+    return int(min(MAX_QUANTITY, max(1, math.ceil(need - 1e-9))))
+
+
+# ---------------------------------------------------------------------------- bundles
+
+
+class ComposedItem(BaseModel):
+    product_id: str
+    quantity: int
+    role: str
+    option: str
+    unit_price: float
+
+    @property
+    def cost(self) -> float:
+        return self.unit_price * self.quantity
+
+
+class ComposedBundle(BaseModel):
+    name: str
+    items: list[ComposedItem]
+    headline: str
+    prior: float
+    types: list[str]
+
+    @property
+    def total(self) -> float:
+        return sum(i.cost for i in self.items)
+
+    @property
+    def item_ids(self) -> tuple[str, ...]:
+        return tuple(i.product_id for i in self.items)
+
+    @property
+    def quantities(self) -> tuple[int, ...]:
+        return tuple(i.quantity for i in self.items)
+
+
+@dataclass
+class Composition:
+    """One request's plan with every option's products ranked for the shopper."""
+
+    plan: RolePlan
+    need: Need
+    ranked: dict[str, list[str]]
+    keep: list[tuple[Role, list[RoleSpec]]]  # core roles with their available options
+    optional: list[tuple[Role, RoleSpec]]
+    portions: int | None
+    budget: float | None
+
+    def role_products(self, per_option: int = 3) -> list[str]:
+        """The best products of every available option, for an LLM's candidate list."""
+        seen: dict[str, None] = {}
+        for _role, opts in self.keep:
+            for o in opts:
+                for pid in self.ranked.get(o.key, [])[:per_option]:
+                    seen.setdefault(pid, None)
+        return list(seen)
+
+
+@dataclass
+class ShopperContext:
+    """What ranks products within an option for this request."""
+
+    allowed: Callable[[str], bool]
+    relevance: Mapping[str, float] = field(default_factory=dict)  # retrieval / ranker score
+    preference: np.ndarray | None = None  # preference or request embedding
+    embeddings: Callable[[list[str]], dict[str, np.ndarray]] | None = None
+    favourites: frozenset[str] = frozenset()
+    demoted: frozenset[str] = frozenset()  # product ids or product types (session dislikes)
+    boosted: frozenset[str] = frozenset()
+
+
+def jaccard(a: Iterable[str], b: Iterable[str]) -> float:
+    sa, sb = set(a), set(b)
+    union = sa | sb
+    return len(sa & sb) / len(union) if union else 0.0
+
+
+class Composer:
+    """Fills a plan's roles with products for one request."""
+
+    def __init__(self, types: TypeCatalogue, department_of: Callable[[str], str], lexicon: Lexicon | None = None):
+        self.types = types
+        self.department_of = department_of
+        self.lexicon = lexicon or load_lexicon()
+
+    # -- products of an option ------------------------------------------------------
+    def ranked_products(self, spec: RoleSpec, ctx: ShopperContext) -> list[str]:
+        ids = []
+        for pid in self.types.matching(spec.match):
+            if ctx.allowed(pid):
+                ids.append(pid)
+                if len(ids) >= PRODUCTS_PER_OPTION:
+                    break
+        if not ids:
+            return []
+        vectors = ctx.embeddings(ids) if (ctx.embeddings is not None and ctx.preference is not None) else {}
+        pref = None
+        if ctx.preference is not None:
+            norm = float(np.linalg.norm(ctx.preference))
+            pref = ctx.preference / norm if norm > 0 else None
+        top_pop = max(self.types.fact(i)[1] for i in ids) or 1.0
+
+        def score(pid: str) -> float:
+            _price, pop, _size, ptype, _cat = self.types.fact(pid)
+            s = W_POPULARITY * pop / top_pop + W_RELEVANCE * float(ctx.relevance.get(pid, 0.0))
+            if pref is not None and pid in vectors:
+                v = np.asarray(vectors[pid], dtype=np.float32)
+                n = float(np.linalg.norm(v))
+                if n > 0:
+                    s += W_PREFERENCE * (float(v @ pref) / n + 1.0) / 2.0
+            if pid in ctx.favourites or pid in ctx.boosted:
+                s += W_FAVOURITE
+            if pid in ctx.demoted or ptype in ctx.demoted:
+                s -= 2 * W_FAVOURITE
+            return round(s, 9)
+
+        return sorted(ids, key=lambda i: (-score(i), i))
+
+    # -- one bundle -------------------------------------------------------------------
+    def _item(self, pid: str, spec: RoleSpec, role: str, n: int | None) -> ComposedItem:
+        price, _pop, size, _ptype, _cat = self.types.fact(pid)
+        qty = quantity(spec, size, self.department_of(pid), n)
+        return ComposedItem(product_id=pid, quantity=qty, role=role, option=spec.key, unit_price=price)
+
+    def _cheapest(self, ranked: list[str], spec: RoleSpec, role: str, n: int | None,
+                  limit: int = 8) -> list[ComposedItem]:
+        """The best few products of an option, cheapest line cost first (for a tight budget)."""
+        items = [self._item(pid, spec, role, n) for pid in ranked[:limit]]
+        return sorted(items, key=lambda it: (round(it.cost, 4), ranked.index(it.product_id)))
+
+    def build(self, choice: Sequence[tuple[Role, RoleSpec]], optional: Sequence[tuple[Role, RoleSpec]],
+              ranked: Mapping[str, list[str]], n: int | None, budget: float | None,
+              forced: Mapping[str, str] | None = None) -> list[ComposedItem] | None:
+        """Products and quantities for one combination of options; None when it cannot be
+        filled or cannot meet the budget."""
+        slots = self._with_companions(choice)
+        items: list[ComposedItem] = []
+        used: set[str] = set()
+        for role, spec in slots:
+            pick = (forced or {}).get(spec.key)
+            if pick is None or pick in used:
+                pick = next((p for p in ranked.get(spec.key, []) if p not in used), None)
+            if pick is None:
+                if role.optional:
+                    continue
+                return None
+            used.add(pick)
+            items.append(self._item(pick, spec, role.name, n))
+        if budget is not None:
+            items = self._fit_budget(items, slots, ranked, n, budget)
+            if items is None:
+                return None
+        return self._add_optional(items, optional, ranked, n, budget, used)[:MAX_ITEMS]
+
+    def _with_companions(self, choice: Sequence[tuple[Role, RoleSpec]]) -> list[tuple[Role, RoleSpec]]:
+        out = list(choice)
+        keys = {s.key for _, s in out}
+        for role, spec in choice:
+            for w in spec.with_:
+                if w not in keys:
+                    keys.add(w)
+                    out.append((Role(name=f"{role.name}+{w}", options=[self.lexicon.roles[w]]), self.lexicon.roles[w]))
+        return out
+
+    def _fit_budget(self, items: list[ComposedItem], slots: Sequence[tuple[Role, RoleSpec]],
+                    ranked: Mapping[str, list[str]], n: int | None, budget: float) -> list[ComposedItem] | None:
+        specs = {s.key: s for _, s in slots}
+        items = list(items)
+        for _ in range(len(items) * 2):
+            total = sum(i.cost for i in items)
+            if total <= budget:
+                return items
+            changed = False
+            for idx in sorted(range(len(items)), key=lambda i: (-items[i].cost, i)):
+                it = items[idx]
+                taken = {x.product_id for x in items}
+                cheaper = [c for c in self._cheapest(ranked.get(it.option, []), specs[it.option], it.role, n)
+                           if c.cost < it.cost - 1e-9 and c.product_id not in taken]
+                if cheaper:
+                    items[idx] = cheaper[0]
+                    changed = True
+                    break
+            if not changed:
+                break
+        return items if sum(i.cost for i in items) <= budget else None
+
+    def _add_optional(self, items: list[ComposedItem], optional: Sequence[tuple[Role, RoleSpec]],
+                      ranked: Mapping[str, list[str]], n: int | None, budget: float | None,
+                      used: set[str]) -> list[ComposedItem]:
+        """Optional roles: while they fit under ``BUDGET_TARGET`` of a stated budget, or,
+        with no budget, until the bundle has ``FILL_ITEMS`` products."""
+        have = {i.option for i in items}
+        for role, spec in optional:
+            if len(items) >= (MAX_ITEMS if budget is not None else FILL_ITEMS) or spec.key in have:
+                continue
+            for pid in ranked.get(spec.key, [])[:3]:
+                if pid in used:
+                    continue
+                item = self._item(pid, spec, role.name, n)
+                if budget is None or sum(i.cost for i in items) + item.cost <= BUDGET_TARGET * budget:
+                    items.append(item)
+                    used.add(pid)
+                    have.add(spec.key)
+                break
+        return items
+
+    # -- alternatives -------------------------------------------------------------------
+    def prepare(self, plan: RolePlan, need: Need, ctx: ShopperContext, budget: float | None = None) -> Composition:
+        """Rank every option's products for this shopper; what :meth:`compose` and
+        :meth:`snap` fill the roles from."""
+        ranked: dict[str, list[str]] = {}
+        for spec in {o.key: o for r in plan.roles for o in r.options}.values():
+            ranked[spec.key] = self.ranked_products(spec, ctx)
+            for w in spec.with_:
+                ranked.setdefault(w, self.ranked_products(self.lexicon.roles[w], ctx))
+        core = [r for r in plan.roles if not r.optional]
+        keep = [(r, opts) for r in core
+                if (opts := [o for o in r.options if ranked.get(o.key)][:OPTIONS_PER_ROLE])]
+        optional = [(r, o) for r in plan.roles if r.optional for o in r.options[:1] if ranked.get(o.key)]
+        return Composition(plan=plan, need=need, ranked=ranked, keep=keep, optional=optional,
+                           portions=portions(need, plan.meal, plan.default_servings), budget=budget)
+
+    def compose(self, comp: Composition, k: int, max_jaccard: float = MAX_TYPE_JACCARD) -> list[ComposedBundle]:
+        """Up to ``k`` mutually distinct bundles, most typical first."""
+        plan, need, ranked, keep, optional = comp.plan, comp.need, comp.ranked, comp.keep, comp.optional
+        n, budget = comp.portions, comp.budget
+        if not keep:
+            return []
+        head_role = next((i for i, (r, _) in enumerate(keep) if r.headline), 0)
+        queues: dict[str, list[tuple[float, tuple[int, ...]]]] = {}
+        for prior, idx in self._combos([opts for _, opts in keep]):
+            queues.setdefault(keep[head_role][1][idx[head_role]].label, []).append((prior, idx))
+        picked: list[ComposedBundle] = []
+        shown: dict[str, int] = {}
+        for _attempt in range(MAX_BUILDS):
+            if len(picked) >= k or not any(queues.values()):
+                break
+            # the most typical combination left, a headline already shown counting less
+            head = min((h for h in queues if queues[h]),
+                       key=lambda h: (-(queues[h][0][0] - HEADLINE_REPEAT_PENALTY * shown.get(h, 0)), queues[h][0][1]))
+            prior, idx = queues[head].pop(0)
+            choice = [(r, opts[i]) for (r, opts), i in zip(keep, idx)]
+            if len({s.key for _, s in choice}) < len(choice):
+                continue
+            guess = {self._kind(ranked[s.key][0], s) for _, s in self._with_companions(choice)}
+            if any(jaccard(guess, b.types) > max_jaccard for b in picked):
+                continue  # cheap check before building: these kinds already overlap too much
+            items = self.build(choice, optional, ranked, n, budget)
+            if items is None or len(items) < 2:
+                continue
+            kinds = sorted({self._kind(i.product_id, None, i.option) for i in items})
+            if any(jaccard(kinds, b.types) > max_jaccard for b in picked):
+                continue
+            picked.append(ComposedBundle(name=bundle_name(plan, head, need), items=items, headline=head,
+                                         prior=prior, types=kinds))
+            shown[head] = shown.get(head, 0) + 1
+        return picked
+
+    def snap(self, comp: Composition, item_ids: Sequence[str]) -> ComposedBundle | None:
+        """A proposed bundle (the LLM's) as a composed one: each proposed product that fills
+        a role keeps its place, every other role is filled by the core, quantities are the
+        core's. None when no proposed product fills a role."""
+        option_of: dict[str, str] = {}
+        for key, ids in comp.ranked.items():
+            for pid in ids:
+                option_of.setdefault(pid, key)
+        forced = {option_of[p]: p for p in item_ids if p in option_of}
+        if not forced or not comp.keep:
+            return None
+        choice = []
+        for role, opts in comp.keep:
+            hit = next((o for o in opts if o.key in forced), opts[0])
+            choice.append((role, hit))
+        items = self.build(choice, comp.optional, comp.ranked, comp.portions, comp.budget, forced)
+        if items is None or len(items) < 2:
+            return None
+        head_role = next((i for i, (r, _) in enumerate(comp.keep) if r.headline), 0)
+        head = choice[head_role][1].label
+        kinds = sorted({self._kind(i.product_id, None, i.option) for i in items})
+        return ComposedBundle(name=bundle_name(comp.plan, head, comp.need), items=items, headline=head,
+                              prior=0.0, types=kinds)
+
+    def _kind(self, pid: str, spec: RoleSpec | None, option: str = "") -> str:
+        """A product's type, what distinctness is measured on (its option when it has none)."""
+        return self.types.fact(pid)[3] or option or (spec.key if spec else "")
+
+    @staticmethod
+    def _combos(options: list[list[RoleSpec]]) -> list[tuple[float, tuple[int, ...]]]:
+        """Option index tuples with their typicality prior (earlier options score higher),
+        best first; bounded so that a many-role plan stays fast."""
+        sizes = [len(o) for o in options]
+        out = []
+        for idx in itertools.islice(itertools.product(*[range(s) for s in sizes]), MAX_COMBOS):
+            prior = sum(1.0 - i / s for i, s in zip(idx, sizes)) / len(sizes)
+            out.append((round(prior, 9), idx))
+        out.sort(key=lambda t: (-t[0], t[1]))
+        return out
+
+
+# ------------------------------------------------------------------------------ names
+
+
+def cut_words(text: str, limit: int = NAME_MAX) -> str:
+    """``text`` within ``limit`` characters, cut only between words."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    words, out = text.split(" "), ""
+    for w in words:
+        candidate = f"{out} {w}".strip()
+        if len(candidate) > limit:
+            break
+        out = candidate
+    return out.rstrip(",;:-&") or words[0][:limit]
+
+
+def bundle_name(plan: RolePlan, headline: str, need: Need) -> str:
+    """"Beef taco night for 4": the headline option in the occasion's name template."""
+    base = plan.name_template.replace("{h}", headline).strip()
+    base = base[:1].upper() + base[1:]
+    if need.servings:
+        base += f" for {need.servings}"
+    if need.days and need.days > 1 and plan.meal:
+        base += " for a week" if need.days == 7 else f" for {need.days} days"
+    return cut_words(base)
+
+
+def distinct(bundles: Sequence[Any], types_of: Callable[[Any], Iterable[str]], k: int,
+             max_jaccard: float = MAX_TYPE_JACCARD) -> list[Any]:
+    """The first ``k`` of ``bundles`` (already in rank order) whose product types overlap
+    every earlier kept one's by Jaccard ≤ ``max_jaccard``."""
+    kept: list[Any] = []
+    kinds: list[set[str]] = []
+    for b in bundles:
+        mine = set(types_of(b))
+        if all(jaccard(mine, other) <= max_jaccard for other in kinds):
+            kept.append(b)
+            kinds.append(mine)
+            if len(kept) >= k:
+                break
+    return kept
+
+
+# ------------------------------------------------------------------------- the need
+
+_DAYS = re.compile(r"\b(?:for\s+(?:a|one|the)\s+week|this\s+week|weekly|all\s+week|(\d+|two|three|four|five|six|seven)"
+                   r"\s+days?|(a|one|two|2)\s+weeks?|(?:the\s+)?weekend)\b", re.I)
+_DAY_WORDS = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "a": 1, "one": 1, "2": 2}
+_EXTRA_DIETS = (
+    (re.compile(r"\b(?:keto|ketogenic|low[- ]carb|no[- ]carbs?)\b", re.I), "keto"),
+    (re.compile(r"\b(?:low[- ]sugar|sugar[- ]free|no[- ]sugar|diabetic)\b", re.I), "low-sugar"),
+    (re.compile(r"\b(?:peanut[- ]free|peanut allerg\w*|allergic to peanuts?|no peanuts?)\b", re.I), "peanut-free"),
+    (re.compile(r"\b(?:nut[- ]free|nut allerg\w*|tree[- ]nut allerg\w*|allergic to nuts|no nuts)\b", re.I), "nut-free"),
+    (re.compile(r"\b(?:gluten[- ]free|celiac|coeliac|no gluten)\b", re.I), "gluten-free"),
+    (re.compile(r"\b(?:dairy[- ]free|lactose|no dairy|non[- ]dairy)\b", re.I), "dairy-free"),
+    (re.compile(r"\b(?:egg[- ]free|no eggs?|egg allerg\w*)\b", re.I), "egg-free"),
+    (re.compile(r"\b(?:halal|no pork|pork[- ]free)\b", re.I), "pork-free"),
+    (re.compile(r"\b(?:alcohol[- ]free|no alcohol|non[- ]alcoholic|sober)\b", re.I), "alcohol-free"),
+)
+
+
+def days_in(text: str) -> int | None:
+    m = _DAYS.search(text)
+    if not m:
+        return None
+    if m.group(1):
+        value = m.group(1).lower()
+        return int(value) if value.isdigit() else _DAY_WORDS.get(value)
+    if m.group(2):
+        return 7 * _DAY_WORDS.get(m.group(2).lower(), 1)
+    return 2 if "weekend" in m.group(0).lower() else 7
+
+
+def _adapt(text: str, previous: Need | None) -> Need:
+    """A :class:`Need` from :func:`assistant.constraints.parse_message`, the deterministic
+    parser that exists today; :func:`parse_need` uses ``assistant.nlu.parser`` instead
+    once that module is there."""
+    from .constraints import parse_message
+
+    parsed = parse_message(text)
+    diets = list(dict.fromkeys([*parsed.diets, *(d for rx, d in _EXTRA_DIETS if rx.search(text))]))
+    occasion = detect_occasion(text)
+    need = Need(
+        text=parsed.query or text, occasion=occasion.key if occasion else None,
+        food=occasion.food if occasion else None, servings=parsed.servings, days=days_in(text),
+        budget=parsed.budget, diets=diets, exclude=list(parsed.exclusions),
+    )
+    if previous is None or occasion is not None:
+        return need
+    # a follow-up that names no occasion refines the previous need
+    merged = previous.model_copy(deep=True)
+    for key in ("servings", "days", "budget"):
+        if getattr(need, key) is not None:
+            setattr(merged, key, getattr(need, key))
+    merged.diets = list(dict.fromkeys([*previous.diets, *need.diets]))
+    merged.exclude = list(dict.fromkeys([*previous.exclude, *need.exclude]))
+    return merged
+
+
+def parse_need(text: str, previous: Need | None = None) -> Need:
+    """The one need parser used by the CLI, the chat and eval: ``assistant.nlu.parser``
+    when it exists, else the adapter above. The occasion is always resolvable by the
+    lexicon: a parser's occasion the lexicon does not know is re-detected from the text."""
+    try:
+        from .nlu.parser import parse_need as nlu_parse
+    except ImportError:
+        return _adapt(text, previous)
+    need = nlu_parse(text, previous=previous)
+    if occasion_by_key(need.occasion) is None:
+        occasion = detect_occasion(text) or (detect_occasion(need.text) if need.text else None)
+        if occasion is not None:
+            need = need.model_copy(update={"occasion": occasion.key,
+                                           "food": need.food if need.food is not None else occasion.food})
+    if need.days is None:
+        found = days_in(text)
+        if found:
+            need = need.model_copy(update={"days": found})
+    return need

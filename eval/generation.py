@@ -1,0 +1,182 @@
+"""The ``bundlerec-generation`` protocol: group each test session's items into bundles,
+with the system (``BundleAssistant.bundle_items``) and with grouping baselines, and score
+them at bundle level (Sun et al., SIGIR 2024) and at pair level (co-bundled item pairs).
+
+Baselines (:mod:`eval.baselines`): ``leaf-category``, ``category-overlap`` (its threshold
+chosen on the dev split), ``whole-session`` and ``rule-else-whole-session``. The main
+metric is the per-session mean pair-level F1; every system variant is tested against
+every baseline on it and on bundle precision and recall.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import metrics as M
+from .protocols import GenerationCase, Split, system_name
+
+BASELINES = ("leaf-category", "category-overlap", "whole-session", "rule-else-whole-session")
+MEASURES = ("precision", "recall", "pair_f1", "pair_precision", "pair_recall")
+TESTED = ("precision", "recall", "pair_f1")
+MAIN = "pair_f1"
+
+
+def default_choices() -> dict[str, dict]:
+    return {"category-overlap": {"threshold": 0.5}}
+
+
+def _rule(assistant, case: GenerationCase) -> list:
+    return list(assistant.bundle_items(list(case.items), use_llm=False, mode="rule").bundles)
+
+
+def baseline_groupings(cases: Sequence[GenerationCase], assistant, choices: dict[str, dict],
+                       seconds: dict[str, float], rule: dict[str, list] | None = None) -> dict[str, dict[str, list]]:
+    """Every baseline's bundles per case; ``rule`` reuses the system's rule grouping when
+    it has already been computed."""
+    from .baselines import group_by_category_overlap, group_by_leaf_category, rule_else_whole_session, whole_session
+
+    catalogue = assistant.index.catalogue
+    max_size = assistant.settings.llm.max_bundle_size
+    threshold = {**default_choices(), **choices}["category-overlap"]["threshold"]
+    makers = {
+        "leaf-category": lambda c: group_by_leaf_category(c.items, catalogue),
+        "category-overlap": lambda c: group_by_category_overlap(c.items, catalogue, max_size=max_size,
+                                                                threshold=threshold),
+        "whole-session": lambda c: whole_session(c.items, catalogue),
+        "rule-else-whole-session": lambda c: rule_else_whole_session(
+            rule[c.case_id] if rule and c.case_id in rule else _rule(assistant, c), c.items, catalogue),
+    }
+    out: dict[str, dict[str, list]] = {}
+    for name in BASELINES:
+        start = time.perf_counter()
+        out[name] = {c.case_id: makers[name](c) for c in cases}
+        seconds[name] = round(time.perf_counter() - start, 2)
+    return out
+
+
+def run_generation(split: Split, assistant, variants: Sequence[str], llm_cases: int | None, seed: int,
+                   progress: bool, choices: dict[str, dict] | None = None) -> dict:
+    cases: list[GenerationCase] = split.cases
+    n_llm = len(cases) if llm_cases is None else min(llm_cases, len(cases))
+    predicted: dict[str, dict[str, list]] = {}
+    reports: dict[str, list] = {}
+    seconds: dict[str, float] = {}
+
+    for variant in variants:
+        name = system_name(variant)
+        start = time.perf_counter()
+        chosen = cases if variant == "rule" else cases[:n_llm]
+        predicted[name], reports[name] = {}, []
+        for case in tqdm(chosen, desc=name, disable=not progress, leave=False):
+            grouping = assistant.bundle_items(list(case.items), use_llm=variant != "rule", mode=variant)
+            predicted[name][case.case_id] = list(grouping.bundles)
+            if variant != "rule":
+                reports[name].append(grouping.llm)
+        seconds[name] = round(time.perf_counter() - start, 2)
+    base = baseline_groupings(cases, assistant, choices or {}, seconds, predicted.get(system_name("rule")))
+    predicted = {**base, **predicted}
+
+    full = list(BASELINES) + [system_name(v) for v in variants if v == "rule" or n_llm == len(cases)]
+    blocks = {"all": score_generation_block(predicted, reports, full, cases, seed)}
+    if n_llm < len(cases) and any(v != "rule" for v in variants):
+        blocks["llm_subset"] = score_generation_block(
+            predicted, reports, list(BASELINES) + [system_name(v) for v in variants], cases[:n_llm], seed)
+    sample = [
+        {"session": c.case_id, "items": len(c.items),
+         "ground_truth": [{"intent": intent, "size": len(b)} for intent, b in zip(c.intents, c.bundles)],
+         "predicted": {s: [{"name": g.name, "size": len(g.item_ids),
+                            "hit": any(set(g.item_ids) <= set(b) for b in c.bundles)}
+                           for g in predicted[s][c.case_id]]
+                       for s in predicted if c.case_id in predicted[s] and not s.startswith("rule-else")}}
+        for c in cases[: min(8, n_llm)]
+    ]
+    return {"main_metric": {"level": "pair", "metric": MAIN}, "blocks": blocks, "sample": sample,
+            "seconds": seconds}
+
+
+def _session_scores(pairs: list[tuple[list, tuple]]) -> dict[str, list[float]]:
+    sets = [M.session_bundle_scores(p, t) for p, t in pairs]
+    pair = [M.session_pair_scores(p, t) for p, t in pairs]
+    return {"precision": [x.precision for x in sets], "recall": [x.recall for x in sets],
+            "pair_precision": [x.precision for x in pair], "pair_recall": [x.recall for x in pair],
+            "pair_f1": [x.f1 for x in pair]}
+
+
+def score_generation_block(predicted: dict, reports: dict, systems: list[str],
+                           cases: Sequence[GenerationCase], seed: int) -> dict:
+    from .completion import llm_summary
+
+    scores, per_session = {}, {}
+    n_truth = sum(len(c.bundles) for c in cases)
+    for s in systems:
+        pairs = [([g.item_ids for g in predicted[s][c.case_id]], c.bundles) for c in cases]
+        agg = M.bundle_generation_metrics(pairs)
+        pm = M.pair_metrics(pairs)
+        per_session[s] = _session_scores(pairs)
+        found = [M.bundles_found(p, t) for p, t in pairs]
+        groups = [g for c in cases for g in predicted[s][c.case_id]]
+        shown = [i for c in cases for g in predicted[s][c.case_id] for i in g.item_ids]
+        invented = sum(i not in set(c.items) for c in cases for g in predicted[s][c.case_id] for i in g.item_ids)
+        row: dict = {m: {"mean": float(np.mean(per_session[s][m])),
+                         "ci95": M.bootstrap_interval(per_session[s][m], seed)} for m in MEASURES}
+        row["precision"]["mean"], row["recall"]["mean"] = agg["precision"], agg["recall"]
+        row.update({
+            "coverage": {"mean": agg["coverage"], "ci95": [None, None]},
+            "matched_recall": agg["matched_recall"],
+            "micro_pair_precision": pm["micro_pair_precision"],
+            "micro_pair_recall": pm["micro_pair_recall"],
+            "micro_pair_f1": pm["micro_pair_f1"],
+            "found_exact": sum(e for e, _ in found) / n_truth,
+            "found_jaccard50": sum(j for _, j in found) / n_truth,
+            "hits": agg["hits"],
+            "bundles_per_session": len(groups) / len(cases),
+            "mean_bundle_size": float(np.mean([len(g.item_ids) for g in groups])) if groups else 0.0,
+            "sessions_without_bundle": sum(not predicted[s][c.case_id] for c in cases),
+            "invented_product_rate": invented / len(shown) if shown else 0.0,
+        })
+        if s in reports and reports[s]:
+            ids = {c.case_id for c in cases}
+            order = list(predicted[s])
+            kept = [r for cid, r in zip(order, reports[s]) if cid in ids]
+            row.update(llm_summary(kept))
+        scores[s] = row
+    baselines = [s for s in systems if not s.startswith("system:")]
+    variants = [s for s in systems if s.startswith("system:")]
+    best = max(baselines, key=lambda b: (scores[b][MAIN]["mean"], b)) if baselines else None
+    tests = {s: {m: M.paired_summary(per_session[s][m], per_session[best][m], seed) for m in TESTED}
+             for s in variants} if best else {}
+    vs_each = {s: {b: {m: M.paired_summary(per_session[s][m], per_session[b][m], seed) for m in TESTED}
+                   for b in baselines} for s in variants}
+    rule = system_name("rule")
+    vs_rule = {s: {m: M.paired_summary(per_session[s][m], per_session[rule][m], seed) for m in TESTED}
+               for s in variants if s != rule and rule in systems}
+    from .completion import vs_best
+
+    return {"cases": len(cases), "systems": systems, "scores": scores,
+            "ground_truth_mean_bundle_size": float(np.mean([len(b) for c in cases for b in c.bundles])),
+            "ground_truth_bundles_per_session": n_truth / len(cases),
+            "best_baseline": best,
+            "baselines_by_main_metric": sorted(baselines, key=lambda b: (-scores[b][MAIN]["mean"], b)),
+            "vs_best_baseline": vs_best(scores, tests, variants, best, MAIN),
+            "tests_vs_best_baseline": tests, "tests_vs_each_baseline": vs_each, "tests_vs_rule": vs_rule}
+
+
+def tune_generation_baselines(split: Split, assistant) -> dict:
+    """The category-overlap threshold with the best mean pair F1 on the (dev) sessions
+    (a tie keeps the lower threshold)."""
+    from .baselines import OVERLAP_THRESHOLDS, group_by_category_overlap
+
+    catalogue = assistant.index.catalogue
+    max_size = assistant.settings.llm.max_bundle_size
+    grid = []
+    for t in OVERLAP_THRESHOLDS:
+        pairs = [([g.item_ids for g in group_by_category_overlap(c.items, catalogue, max_size=max_size,
+                                                                  threshold=t)], c.bundles) for c in split.cases]
+        grid.append({"params": {"threshold": t}, MAIN: M.pair_metrics(pairs)[MAIN]})
+    best = max(range(len(grid)), key=lambda i: (grid[i][MAIN], -i))
+    return {"level": "pair", "metric": MAIN, "cases": len(split.cases),
+            "choices": {"category-overlap": grid[best]["params"]}, "grid": {"category-overlap": grid}}

@@ -1,0 +1,778 @@
+"""The learned item ranker: features over the candidate pool, LightGBM LambdaRank, a
+documented fallback, and itemised reasons.
+
+One relevance signal. :meth:`Ranker.rank` scores every pool candidate; its relevance
+``sigmoid(raw score)`` in [0, 1] orders retrieval, seeds and grows the rule proposer's
+bundles, and is the reranker's item preference (see :mod:`assistant.reranker`).
+
+Training (at ``index`` time, from the index's own data only; :func:`train_ranker`):
+
+* basket data (Complete Journey, CSV): the baskets of the last ``label_days`` are the
+  labels, everything before is the history. Every feature of a training query is computed
+  from history-only statistics (co-occurrence, popularity, the user's history), so no
+  label basket leaks into its own features. One query per label basket with at least
+  ``min_types`` product types, from a user with ``min_history_baskets`` history baskets:
+  one seeded anchor, the other products as targets. Graded labels: 2 for a target SKU,
+  1 for another SKU of a target product type (cj-completion is scored by type), 0 else.
+* bundle data (BundleRec): the training bundles are split into ``bundle_folds`` folds;
+  for each fold, the co-occurrence and popularity are rebuilt without that fold's bundles,
+  the sessions holding them and the user-item rows derived from them (the eval's own
+  hold-out rule), and each query asks for one held-out item of a fold bundle given the
+  rest. Labels: 1 for the held-out item.
+* Deterministic: fixed seeds, ``deterministic=True``, ``force_col_wise``, a fixed thread
+  count; the same data gives the same model bytes and the same ranking.
+* Saved with the build as ``ranker_v{VERSION}.txt`` plus ``ranker_card.json`` (data
+  fingerprint, rows, queries, seed, features, validation figures, per-generator recall).
+
+Fallback (:data:`FALLBACK_WEIGHTS`): with fewer than ``min_queries`` training queries
+(a test slice, a catalogue without baskets), when training is switched off, or for an
+older index without a ranker file, the raw score is the fixed linear blend
+``FALLBACK_BIAS + Σ w_f · x_f`` over a few features (NaN counts 0; NPMI and cosines
+count only above 0). Its itemised reasons are its terms, so they add up exactly too.
+
+Itemised reasons. LightGBM's ``pred_contrib`` splits a raw score into one contribution
+per feature plus the expected value; :data:`GROUP_OF` sums them into a few human groups
+(``repeat``, ``together``, ``query``...), and ``base`` holds the expected value and the
+context features. The groups add up to the raw score; :meth:`Ranker.explain` turns the
+positive ones into phrases such as "you buy this every 2 weeks".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import RankerConfig
+from .copurchase import CoPurchase, baskets_of
+from .pool import (
+    DAY_S,
+    GENERATORS,
+    CatalogueArrays,
+    CoStats,
+    NearestFn,
+    RankerData,
+    RankingContext,
+    UserHistory,
+    UserRow,
+    _vectors,
+    build_pool,
+    exact_nearest,
+)
+
+VERSION = 1
+MODEL_FILE = f"ranker_v{VERSION}.txt"
+CARD_FILE = "ranker_card.json"
+HISTORY_FILE = "ranker_history.npz"
+
+FEATURES: tuple[str, ...] = (
+    # the user's repeat history of this SKU
+    "item_baskets", "item_share", "item_decayed", "item_days_since", "item_interval", "item_due", "usual_of_type",
+    # ... and of its product type (cj-completion is scored by type)
+    "type_baskets", "type_share", "type_decayed", "type_days_since", "type_interval", "type_due",
+    # SKU co-occurrence with the anchors (max and mean over anchors)
+    "cooc_count_max", "cooc_count_mean", "cooc_conf_max", "cooc_conf_mean", "cooc_lift_max",
+    "cooc_npmi_max", "cooc_npmi_mean",
+    # type-level co-occurrence with the anchors' types
+    "tcooc_count_max", "tcooc_conf_max", "tcooc_conf_mean", "tcooc_lift_max", "tcooc_npmi_max", "tcooc_npmi_mean",
+    # embedding cosines
+    "cos_anchor_max", "cos_anchor_mean", "cos_query", "cos_profile",
+    "popularity", "type_popularity",
+    "price_rel", "log_price",  # log(price / the user's median price), log(price)
+    "same_type_as_anchor", "in_stock", "user_baskets", "n_anchors",
+    *(f"from_{g}" for g in GENERATORS),
+)
+_GROUPS: dict[str, tuple[str, ...]] = {
+    "repeat": ("item_baskets", "item_share", "item_decayed", "item_days_since", "item_interval", "item_due",
+               "usual_of_type", "from_repeat"),
+    "type_repeat": ("type_baskets", "type_share", "type_decayed", "type_days_since", "type_interval", "type_due"),
+    "together": ("cooc_count_max", "cooc_count_mean", "cooc_conf_max", "cooc_conf_mean", "cooc_lift_max",
+                 "cooc_npmi_max", "cooc_npmi_mean", "from_cooc", "from_cooc_once"),
+    "type_together": ("tcooc_count_max", "tcooc_conf_max", "tcooc_conf_mean", "tcooc_lift_max", "tcooc_npmi_max",
+                      "tcooc_npmi_mean", "from_type_cooc", "same_type_as_anchor"),
+    "similar": ("cos_anchor_max", "cos_anchor_mean", "from_similar"),
+    "query": ("cos_query", "from_semantic", "from_role"),
+    "profile": ("cos_profile", "from_profile"),
+    "popular": ("popularity", "type_popularity", "from_popular", "from_type_popular"),
+    "price": ("price_rel", "log_price"),
+}
+GROUP_OF: dict[str, str] = {f: g for g, fs in _GROUPS.items() for f in fs}  # unlisted features: "base"
+GROUPS: tuple[str, ...] = (*_GROUPS, "base")
+_COL = {f: i for i, f in enumerate(FEATURES)}
+
+FALLBACK_BIAS = -2.0
+# A hand-set blend, documented rather than tuned: a repeat purchase counts most (in grocery
+# most of a basket is bought again), then co-purchase with the anchors, the match with the
+# request, popularity; a substitute of an anchor counts against.
+FALLBACK_WEIGHTS: dict[str, float] = {
+    "item_share": 3.0, "type_share": 1.5, "cooc_npmi_max": 2.0, "tcooc_npmi_max": 1.0,
+    "cos_query": 2.0, "cos_anchor_max": 0.5, "popularity": 1.0, "same_type_as_anchor": -1.0,
+}
+_POSITIVE_ONLY = {"cooc_npmi_max", "tcooc_npmi_max", "cos_query", "cos_anchor_max"}
+REASON_MIN = 0.05  # a group must add at least this much to the raw score to be worded
+
+
+def sigmoid(x: np.ndarray | float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+# --- features -------------------------------------------------------------------------------
+
+
+def features(data: RankerData, ctx: RankingContext, rows: np.ndarray, flags: Sequence[Sequence[str]]) -> np.ndarray:
+    """The feature matrix (len(rows) x len(FEATURES)), float64, NaN where undefined
+    (no user, no anchor, no query)."""
+    cat = data.catalogue
+    n = len(rows)
+    X = np.full((n, len(FEATURES)), np.nan, dtype=np.float64)
+    if n == 0:
+        return X
+
+    def put(name: str, values) -> None:
+        X[:, _COL[name]] = values
+
+    codes = cat.type_code[rows]
+    user = ctx.user
+    if user is not None:
+        _repeat(put, "item", user.lookup(rows), user)
+        _repeat(put, "type", user.lookup_types(codes), user)
+        usual = np.array([user.usual_of_type.get(int(c), -2) == r for c, r in zip(codes, rows)], dtype=np.float64)
+        put("usual_of_type", usual)
+        put("user_baskets", user.n_baskets)
+        if user.median_price == user.median_price and user.median_price > 0:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                put("price_rel", np.log(cat.price[rows] / user.median_price))
+    if ctx.anchors:
+        sku = data.costats.sku_pairs(ctx.anchors, rows)
+        for key, short in (("count", "count"), ("confidence", "conf"), ("lift", "lift"), ("npmi", "npmi")):
+            put(f"cooc_{short}_max", sku[key].max(axis=0))
+            if f"cooc_{short}_mean" in _COL:
+                put(f"cooc_{short}_mean", sku[key].mean(axis=0))
+        anchor_codes = [int(cat.type_code[a]) for a in ctx.anchors]
+        typ = data.costats.type_pairs(anchor_codes, codes)
+        same = (codes.reshape(1, -1) == np.array(anchor_codes).reshape(-1, 1)) & (codes.reshape(1, -1) >= 0)
+        for key in typ:  # a type's "co-occurrence" with itself is its own count: not a complement
+            typ[key] = np.where(same, 0.0, typ[key])
+        for key, short in (("count", "count"), ("confidence", "conf"), ("lift", "lift"), ("npmi", "npmi")):
+            put(f"tcooc_{short}_max", typ[key].max(axis=0))
+            if f"tcooc_{short}_mean" in _COL:
+                put(f"tcooc_{short}_mean", typ[key].mean(axis=0))
+        put("same_type_as_anchor", same.any(axis=0).astype(np.float64))
+        sims = cat.embeddings[rows] @ cat.embeddings[ctx.anchors].T
+        put("cos_anchor_max", sims.max(axis=1))
+        put("cos_anchor_mean", sims.mean(axis=1))
+    put("n_anchors", float(len(ctx.anchors)))
+    if ctx.query_vec is not None and np.any(ctx.query_vec):
+        put("cos_query", cat.embeddings[rows] @ np.asarray(ctx.query_vec, dtype=np.float32))
+    if ctx.profile_vec is not None and np.any(ctx.profile_vec):
+        put("cos_profile", cat.embeddings[rows] @ np.asarray(ctx.profile_vec, dtype=np.float32))
+    put("popularity", cat.popularity[rows])
+    put("type_popularity", np.where(codes >= 0, data.type_popularity[np.maximum(codes, 0)], np.nan))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        put("log_price", np.log(cat.price[rows]))
+    put("in_stock", cat.in_stock[rows].astype(np.float64))
+    for g in GENERATORS:
+        put(f"from_{g}", np.array([g in f for f in flags], dtype=np.float64))
+    X[~np.isfinite(X)] = np.nan
+    return X
+
+
+def _repeat(put, prefix: str, stats: np.ndarray, user: UserRow) -> None:
+    n, decayed, first, last = stats.T
+    put(f"{prefix}_baskets", n)
+    put(f"{prefix}_share", n / max(user.n_baskets, 1.0))
+    put(f"{prefix}_decayed", decayed)
+    put(f"{prefix}_days_since", user.last_day - last)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        interval = np.where(n >= 2, (last - first) / np.maximum(n - 1, 1), np.nan)
+        put(f"{prefix}_interval", interval)
+        put(f"{prefix}_due", (user.last_day - last) / interval)
+
+
+# --- the model ------------------------------------------------------------------------------
+
+
+@dataclass
+class Reason:
+    """One worded, itemised reason: what raised this product's relevance, and by how much."""
+
+    kind: str  # a group of GROUPS
+    text: str
+    contribution: float  # to the raw score
+
+
+class ItemRanker:
+    """A trained LightGBM booster, or the fixed fallback blend when ``booster`` is None."""
+
+    def __init__(self, booster=None, card: dict | None = None):
+        self.booster = booster
+        self.card = card or {"mode": "fallback", "why": "no trained model"}
+
+    @property
+    def mode(self) -> str:
+        return "lightgbm" if self.booster is not None else "fallback"
+
+    def raw(self, X: np.ndarray) -> np.ndarray:
+        if not len(X):
+            return np.zeros(0)
+        if self.booster is None:
+            return self._fallback_terms(X).sum(axis=1)
+        return np.asarray(self.booster.predict(X, raw_score=True, num_threads=1), dtype=np.float64)
+
+    def contributions(self, X: np.ndarray) -> np.ndarray:
+        """(n, len(GROUPS)): each group's share of the raw score; rows sum to :meth:`raw`."""
+        if not len(X):
+            return np.zeros((0, len(GROUPS)))
+        if self.booster is None:
+            per = self._fallback_terms(X)  # last column: the bias
+        else:
+            per = np.asarray(self.booster.predict(X, pred_contrib=True, num_threads=1), dtype=np.float64)
+        out = np.zeros((len(X), len(GROUPS)))
+        gi = {g: i for i, g in enumerate(GROUPS)}
+        for j, name in enumerate(FEATURES):
+            out[:, gi[GROUP_OF.get(name, "base")]] += per[:, j]
+        out[:, gi["base"]] += per[:, len(FEATURES)]
+        return out
+
+    def _fallback_terms(self, X: np.ndarray) -> np.ndarray:
+        terms = np.zeros((len(X), len(FEATURES) + 1))
+        for name, w in FALLBACK_WEIGHTS.items():
+            x = np.nan_to_num(X[:, _COL[name]], nan=0.0)
+            if name in _POSITIVE_ONLY:
+                x = np.maximum(x, 0.0)
+            terms[:, _COL[name]] = w * x
+        terms[:, len(FEATURES)] = FALLBACK_BIAS
+        return terms
+
+    def model_bytes(self) -> bytes:
+        return b"" if self.booster is None else self.booster.model_to_string().encode()
+
+    def save(self, folder: Path) -> None:
+        folder = Path(folder)
+        if self.booster is not None:
+            (folder / MODEL_FILE).write_text(self.booster.model_to_string())
+        (folder / CARD_FILE).write_text(json.dumps(self.card, indent=2, default=str))
+
+    @classmethod
+    def load(cls, folder: Path) -> ItemRanker:
+        """The build's model; the fallback when it has none (an older index, too little data)."""
+        folder = Path(folder)
+        card_path = folder / CARD_FILE
+        card = json.loads(card_path.read_text()) if card_path.exists() else {
+            "mode": "fallback", "why": "this index was built without a ranker"}
+        path = folder / MODEL_FILE
+        if not path.exists() or card.get("features") not in (None, list(FEATURES)):
+            card = {**card, "mode": "fallback"}
+            return cls(None, card)
+        import lightgbm as lgb
+
+        return cls(lgb.Booster(model_str=path.read_text()), card)
+
+
+@dataclass
+class Ranked:
+    row: int
+    product_id: str
+    relevance: float  # sigmoid(raw), in [0, 1]
+    raw: float
+    generators: list[str]
+    contributions: dict[str, float] = field(default_factory=dict)  # group -> share of raw
+    reasons: list[Reason] = field(default_factory=list)
+
+
+class Ranker:
+    """The ranker of one build, with the data its features read: what ``Index.ranker`` is."""
+
+    def __init__(self, model: ItemRanker, data: RankerData, cfg: RankerConfig | None = None):
+        self.model = model
+        self.data = data
+        self.cfg = cfg or RankerConfig()
+
+    @classmethod
+    def load(cls, folder: Path, products: pd.DataFrame, embeddings: np.ndarray, copurchase: CoPurchase,
+             cfg: RankerConfig | None = None) -> Ranker:
+        cat = CatalogueArrays.from_products(products, embeddings)
+        path = Path(folder) / HISTORY_FILE
+        history = UserHistory.load(path) if path.exists() else UserHistory.empty()
+        model = ItemRanker.load(folder) if (cfg is None or cfg.enabled) else ItemRanker(None, {"mode": "fallback",
+                                                                                               "why": "disabled"})
+        return cls(model, RankerData(cat, CoStats(copurchase, cat), history), cfg)
+
+    @property
+    def catalogue(self) -> CatalogueArrays:
+        return self.data.catalogue
+
+    def context(self, *, user_key: str | None = None, profile_vec: np.ndarray | None = None,
+                anchors: Sequence[str] = (), query_vec: np.ndarray | None = None,
+                types: Sequence[str] = (), query: str = "") -> RankingContext:
+        cat = self.data.catalogue
+        user = self.data.history.row(user_key, cat) if user_key else None
+        if user is not None and user.preference is not None:
+            profile_vec = user.preference  # the same definition the model was trained on
+        codes = [cat.type_code_of(str(t)) for t in types]
+        return RankingContext(user=user, anchors=[cat.row_of[a] for a in anchors if a in cat.row_of],
+                              query_vec=query_vec, profile_vec=profile_vec,
+                              types=[c for c in codes if c >= 0], query=query)
+
+    def rank(self, ctx: RankingContext, allowed: Callable[[int], bool] | None = None,
+             k: int | None = None, nearest: NearestFn | None = None) -> tuple[list[Ranked], np.ndarray]:
+        """The pool, best first (ties by product id), the first ``k`` of it, with its
+        feature rows (for :meth:`explain`)."""
+        pool = build_pool(self.data, ctx, self.cfg, allowed, nearest)
+        rows = np.array(sorted(pool), dtype=np.int64)
+        flags = [pool[r] for r in rows.tolist()]
+        X = features(self.data, ctx, rows, flags)
+        raw = self.model.raw(X)
+        ids = self.data.catalogue.ids[rows].astype(str)
+        order = np.lexsort((ids, -np.round(raw, 9)))
+        if k is not None:
+            order = order[:k]
+        rel = sigmoid(raw[order])
+        return [Ranked(int(rows[i]), str(ids[i]), float(r), float(raw[i]), flags[i])
+                for i, r in zip(order.tolist(), rel.tolist())], X[order]
+
+    def explain(self, ctx: RankingContext, ranked: list[Ranked], X: np.ndarray) -> None:
+        """Fill each ranked item's group contributions and worded reasons."""
+        if not ranked:
+            return
+        contrib = self.model.contributions(X)
+        for item, row_contrib, x in zip(ranked, contrib, X):
+            item.contributions = {g: float(v) for g, v in zip(GROUPS, row_contrib)}
+            item.reasons = self._words(ctx, item, x)
+
+    def _words(self, ctx: RankingContext, item: Ranked, x: np.ndarray) -> list[Reason]:
+        out = []
+        for group, value in sorted(item.contributions.items(), key=lambda kv: (-kv[1], kv[0])):
+            if group == "base" or value < REASON_MIN:
+                continue
+            text = _phrase(group, x, ctx, item.row, self.data)
+            if text:
+                out.append(Reason(group, text, round(value, 4)))
+        return out
+
+
+def _phrase(group: str, x: np.ndarray, ctx: RankingContext, row: int, data: RankerData) -> str:
+    cat = data.catalogue
+
+    def f(name: str) -> float:
+        return float(x[_COL[name]])
+
+    if group == "repeat":
+        n, interval = f("item_baskets"), f("item_interval")
+        if n >= 2 and interval == interval and interval > 0:
+            return f"you buy this every {_period(interval)}"
+        return "you bought this before" if n >= 1 else ""
+    if group == "type_repeat":
+        t = int(cat.type_code[row])
+        return f"you often buy {_label(cat.type_names[t])}" if t >= 0 and f("type_baskets") >= 2 else ""
+    if group == "together" and ctx.anchors:
+        counts = data.costats.sku_pairs(ctx.anchors, np.array([row]))["count"][:, 0]
+        best = int(np.argmax(counts))
+        if counts[best] >= 1:
+            n = int(counts[best])
+            return f"bought with {_short(cat.titles[ctx.anchors[best]])} in {n:,} basket{'s' if n != 1 else ''}"
+        return ""
+    if group == "type_together" and ctx.anchors:
+        t, a = int(cat.type_code[row]), int(cat.type_code[ctx.anchors[0]])
+        if t >= 0 and a >= 0 and t != a:
+            return f"{_label(cat.type_names[t])} goes with {_label(cat.type_names[a])}"
+        return ""
+    if group == "similar" and ctx.anchors:
+        return f"like {_short(cat.titles[ctx.anchors[0]])}"
+    if group == "query":
+        return f"matches '{ctx.query[:40]}'" if ctx.query else "matches what you asked for"
+    if group == "profile":
+        return "fits your taste"
+    if group == "popular":
+        return "a best seller"
+    if group == "price":
+        return "in your usual price range"
+    return ""
+
+
+def _period(days: float) -> str:
+    if days >= 10.5:
+        weeks = round(days / 7)
+        return "week" if weeks == 1 else f"{weeks} weeks"
+    d = max(1, round(days))
+    return "day" if d == 1 else f"{d} days"
+
+
+def _label(name: str) -> str:
+    return str(name).split(" > ")[-1].strip().lower()
+
+
+def _short(title: str, limit: int = 40) -> str:
+    title = str(title).strip()
+    return title if len(title) <= limit else title[: limit - 1].rstrip() + "…"
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Query:
+    group: str  # validation split key: the user (baskets) or the bundle (bundles)
+    data: RankerData
+    ctx: RankingContext
+    targets: set[int]
+    target_types: set[int]
+    graded: bool
+
+
+def training_baskets(interactions: pd.DataFrame, extras: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The index's basket table (:func:`retrieval.index._baskets`): interaction baskets plus
+    hand-made bundles as baskets."""
+    baskets = baskets_of(interactions)
+    bi = extras.get("bundle_item")
+    if bi is not None and {"bundle ID", "item ID"} <= set(bi.columns):
+        bundles = pd.DataFrame({"basket_id": "b" + bi["bundle ID"].astype(str),
+                                "product_id": bi["item ID"].astype(str)})
+        baskets = pd.concat([baskets, bundles], ignore_index=True)
+    return baskets
+
+
+def popularity_of(interactions: pd.DataFrame, products: pd.DataFrame) -> np.ndarray:
+    """:func:`retrieval.sources.add_popularity` over the given interactions only."""
+    if interactions.empty:
+        return np.zeros(len(products))
+    unit = interactions["basket_id"].where(interactions["basket_id"] != "", interactions["user_id"])
+    pairs = pd.DataFrame({"p": interactions["product_id"].astype(str), "u": unit}).drop_duplicates()
+    counts = pairs.groupby("p").size()
+    scaled = np.log1p(counts) / np.log1p(counts.max())
+    return products["product_id"].astype(str).map(scaled).fillna(0.0).to_numpy(dtype=np.float64)
+
+
+def _days(interactions: pd.DataFrame) -> np.ndarray:
+    return pd.to_datetime(interactions["timestamp"]).astype("int64").to_numpy() / 1e9 / DAY_S
+
+
+def _history_data(hist: pd.DataFrame, extras: dict, products: pd.DataFrame, embeddings: np.ndarray,
+                  cfg: RankerConfig, with_users: bool) -> RankerData:
+    cop = CoPurchase.build(training_baskets(hist, extras), products)
+    pop = popularity_of(hist, products)
+    cat = CatalogueArrays.from_products(products, embeddings, pop, sellable=pop > 0)  # sellable: sold in the history
+    history = UserHistory.build(hist, cat, cfg.half_life_days) if with_users else UserHistory.empty()
+    return RankerData(cat, CoStats(cop, cat), history)
+
+
+def basket_queries(interactions: pd.DataFrame, products: pd.DataFrame, embeddings: np.ndarray,
+                   cfg: RankerConfig, rng: np.random.Generator) -> tuple[list[Query], dict]:
+    """Queries of the basket split: history before the last ``label_days``, labels after."""
+    days = _days(interactions)
+    cut = float(days.max()) - cfg.label_days if len(days) else 0.0
+    hist = interactions[days <= cut].reset_index(drop=True)
+    label = interactions[days > cut].reset_index(drop=True)
+    info = {"split": "baskets", "history_until_day": cut, "history_rows": len(hist), "label_rows": len(label)}
+    if hist.empty or label.empty:
+        return [], info
+    data = _history_data(hist, {}, products, embeddings, cfg, with_users=True)
+    cat = data.catalogue
+    tx = label.assign(row=label["product_id"].astype(str).map(cat.row_of))
+    tx = tx[tx["row"].notna()]
+    tx = tx.assign(row=tx["row"].astype(np.int64), basket=baskets_of(tx)["basket_id"].to_numpy())
+    groups = tx.groupby("basket", sort=True).agg(user=("user_id", "first"), rows=("row", lambda r: sorted(set(r))))
+    n_hist = pd.Series(data.history.users[:, 0], index=data.history.keys)
+    candidates = []
+    for basket, user, rows in zip(groups.index, groups["user"].astype(str), groups["rows"]):
+        codes = {int(cat.type_code[r]) for r in rows} - {-1}
+        sellable = [r for r in rows if cat.in_stock[r]]
+        if len(codes) >= cfg.min_types and sellable and n_hist.get(user, 0) >= cfg.min_history_baskets:
+            candidates.append((str(basket), user, rows, sellable))
+    info["eligible_baskets"] = len(candidates)
+    order = rng.permutation(len(candidates))[: cfg.max_queries]
+    queries = []
+    for i in sorted(order.tolist()):
+        basket, user, rows, sellable = candidates[i]
+        anchor = sellable[int(rng.integers(len(sellable)))]
+        targets = set(rows) - {anchor}
+        ttypes = {int(cat.type_code[r]) for r in targets} - {-1, int(cat.type_code[anchor])}
+        urow = data.history.row(user, cat)
+        ctx = RankingContext(user=urow, anchors=[anchor], profile_vec=None if urow is None else urow.preference)
+        queries.append(Query(user, data, ctx, targets, ttypes, graded=True))
+    return queries, info
+
+
+def bundle_queries(interactions: pd.DataFrame, extras: dict[str, pd.DataFrame], products: pd.DataFrame,
+                   embeddings: np.ndarray, cfg: RankerConfig, rng: np.random.Generator) -> tuple[list[Query], dict]:
+    """Queries of the bundle split: ``bundle_folds`` folds, each rebuilt without its bundles."""
+    bi = extras["bundle_item"]
+    row_of = {pid: i for i, pid in enumerate(products["product_id"].astype(str))}
+    bundles: dict[str, list[int]] = {}
+    for b, item in zip(bi["bundle ID"].astype(str), bi["item ID"].astype(str)):
+        r = row_of.get(item)
+        if r is not None and r not in bundles.setdefault(b, []):
+            bundles[b].append(r)
+    keys = sorted((b for b, rows in bundles.items() if len(rows) >= 2), key=lambda b: (len(b), b))
+    keys = [keys[i] for i in rng.permutation(len(keys))]
+    info = {"split": "bundles", "bundles": len(keys), "folds": cfg.bundle_folds}
+    per_fold = max(1, math.ceil(cfg.max_queries / max(cfg.max_held_per_bundle, 1) / max(cfg.bundle_folds, 1)))
+    queries: list[Query] = []
+    for fold in range(cfg.bundle_folds):
+        held = set(keys[fold:: cfg.bundle_folds])
+        if not held:
+            continue
+        hist, rest = _without_bundles(interactions, extras, held)
+        data = _history_data(hist, rest, products, embeddings, cfg, with_users=False)
+        for b in sorted(held, key=keys.index)[:per_fold]:
+            rows = bundles[b]
+            picks = rng.permutation(len(rows))[: cfg.max_held_per_bundle]
+            for p in sorted(picks.tolist()):
+                target = rows[p]
+                anchors = [r for r in rows if r != target]
+                ctx = RankingContext(anchors=anchors)
+                queries.append(Query(b, data, ctx, {target}, set(), graded=False))
+    info["queries"] = len(queries)
+    return queries, info
+
+
+def _without_bundles(interactions: pd.DataFrame, extras: dict[str, pd.DataFrame],
+                     held: set[str]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """The interactions and bundle table with ``held`` bundles, the sessions holding them
+    and the user-item rows derived from them removed (the eval's hold-out rule)."""
+    bi, ub, sb = extras["bundle_item"], extras.get("user_bundle"), extras.get("session_bundle")
+    drop = pd.Series(False, index=interactions.index)
+    if sb is not None:
+        sessions = set("s" + sb.loc[sb["bundle ID"].astype(str).isin(held), "session ID"].astype(str))
+        drop |= interactions["basket_id"].astype(str).isin(sessions)
+    if ub is not None and "timestamp" in ub.columns:
+        derived = ub[ub["bundle ID"].astype(str).isin(held)].merge(bi[bi["bundle ID"].astype(str).isin(held)],
+                                                                  on="bundle ID")
+        day = pd.to_numeric(derived["timestamp"], errors="coerce") // 86400
+        keys = set(zip("u" + derived["user ID"].astype(str) + "-d" + day.astype("Int64").astype(str),
+                       derived["item ID"].astype(str)))
+        pairs = pd.Series(list(zip(interactions["basket_id"].astype(str), interactions["product_id"].astype(str))),
+                          index=interactions.index)
+        drop |= pairs.isin(keys) & (interactions["event"].astype(str) == "purchase")
+    rest = {"bundle_item": bi[~bi["bundle ID"].astype(str).isin(held)]}
+    return interactions[~drop.to_numpy()].reset_index(drop=True), rest
+
+
+def _query_rows(q: Query, cfg: RankerConfig) -> tuple[np.ndarray, np.ndarray, dict[int, list[str]]]:
+    pool = build_pool(q.data, q.ctx, cfg)
+    rows = np.array(sorted(pool), dtype=np.int64)
+    X = features(q.data, q.ctx, rows, [pool[r] for r in rows.tolist()])
+    codes = q.data.catalogue.type_code[rows]
+    sku = np.array([r in q.targets for r in rows.tolist()])
+    typ = np.array([int(c) in q.target_types for c in codes.tolist()]) if q.graded else np.zeros(len(rows), bool)
+    y = np.where(sku, 2 if q.graded else 1, np.where(typ, 1, 0))
+    return X, y, pool
+
+
+def data_fingerprint(interactions: pd.DataFrame, products: pd.DataFrame, extras: dict[str, pd.DataFrame]) -> str:
+    h = hashlib.sha256()
+    for frame in (products[["product_id", "product_type", "price", "popularity"]],
+                  interactions[["user_id", "product_id", "basket_id"]], *(extras[k] for k in sorted(extras))):
+        if len(frame):
+            h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    h.update(_days(interactions).tobytes() if len(interactions) else b"")
+    return h.hexdigest()[:16]
+
+
+def train_ranker(interactions: pd.DataFrame, products: pd.DataFrame, embeddings: np.ndarray,
+                 cfg: RankerConfig, extras: dict[str, pd.DataFrame] | None = None,
+                 encode: Callable[[list[str]], np.ndarray] | None = None) -> ItemRanker:
+    """Train on the index's own data (see the module docstring); the fallback when there is
+    too little of it. ``encode`` (texts -> embeddings) gives some queries a synthetic need."""
+    start = time.perf_counter()
+    extras = extras or {}
+    products = products.reset_index(drop=True)
+    rng = np.random.default_rng(cfg.seed)
+    card: dict = {"version": VERSION, "seed": cfg.seed, "features": list(FEATURES),
+                  "fingerprint": data_fingerprint(interactions, products, extras), "config": cfg.model_dump()}
+    if not cfg.enabled:
+        return ItemRanker(None, {**card, "mode": "fallback", "why": "disabled in RankerConfig"})
+    if "bundle_item" in extras and len(extras["bundle_item"]):
+        queries, info = bundle_queries(interactions, extras, products, embeddings, cfg, rng)
+    elif len(interactions):
+        queries, info = basket_queries(interactions, products, embeddings, cfg, rng)
+    else:
+        queries, info = [], {"split": "none"}
+    card["split"] = info
+    if encode is not None and queries:
+        _add_needs(queries, cfg, rng, encode)
+    _precompute_neighbours(queries, cfg)
+    groups = sorted({q.group for q in queries})
+    chosen = rng.permutation(len(groups))[: round(cfg.valid_share * len(groups))]
+    valid_groups = {groups[i] for i in chosen.tolist()}
+    Xs, ys, sizes, is_valid, recall = [], [], [], [], _Recall()
+    for q in queries:
+        X, y, pool = _query_rows(q, cfg)
+        if not len(y):
+            continue
+        if q.group in valid_groups:
+            recall.add(q, pool)
+        Xs.append(X)
+        ys.append(y)
+        sizes.append(len(y))
+        is_valid.append(q.group in valid_groups)
+    card["pool"] = recall.summary()
+    card["seconds_features"] = round(time.perf_counter() - start, 2)
+    n_train = sum(1 for v, y in zip(is_valid, ys) if not v and y.max() > 0)
+    n_valid = sum(1 for v, y in zip(is_valid, ys) if v and y.max() > 0)
+    card.update(queries=len(sizes), train_queries=n_train, valid_queries=n_valid, rows=int(sum(sizes)))
+    if n_train < cfg.min_queries or n_valid < 1:
+        card.update(mode="fallback", why=f"too little data: {n_train} training queries with a target in the pool "
+                                         f"(need {cfg.min_queries}) and {n_valid} validation queries")
+        return ItemRanker(None, card)
+    booster, fit = _fit(Xs, ys, sizes, is_valid, cfg)
+    ranker = ItemRanker(booster, card)
+    card.update(mode="lightgbm", **fit, seconds_total=round(time.perf_counter() - start, 2))
+    card["valid"] = _validation(ranker, Xs, ys, is_valid)
+    return ranker
+
+
+def _add_needs(queries: list[Query], cfg: RankerConfig, rng: np.random.Generator,
+               encode: Callable[[list[str]], np.ndarray]) -> None:
+    """A share of the queries also carry a need: the embedded name of one target's product
+    type, as a shopper's request would name it ("taco shells"). Without them the model
+    would never see a query and could not learn what a match with the request is worth."""
+    chosen: list[tuple[Query, str]] = []
+    for q in queries:
+        if rng.random() >= cfg.query_share:
+            continue
+        types = sorted(q.target_types) or sorted({int(q.data.catalogue.type_code[t]) for t in q.targets} - {-1})
+        if types:
+            name = _label(q.data.catalogue.type_names[types[int(rng.integers(len(types)))]])
+            chosen.append((q, name))
+    names = sorted({n for _, n in chosen})
+    if not names:
+        return
+    vecs = dict(zip(names, np.asarray(encode(names), dtype=np.float32)))
+    for q, name in chosen:
+        q.ctx.query_vec, q.ctx.query = vecs[name], name
+
+
+def _precompute_neighbours(queries: list[Query], cfg: RankerConfig) -> None:
+    """The embedding generators' neighbours of every query, in batches per data split
+    (identical vectors, such as one user's profile, are searched once)."""
+    by_data: dict[int, list[Query]] = {}
+    for q in queries:
+        by_data.setdefault(id(q.data), []).append(q)
+    for group in by_data.values():
+        data = group[0].data
+        keys: dict[bytes, int] = {}
+        vectors: list[np.ndarray] = []
+        wanted: list[tuple[Query, str, int]] = []
+        for q in group:
+            for name, vec in _vectors(data, q.ctx).items():
+                key = name.encode() + np.asarray(vec, dtype=np.float32).tobytes()
+                if key not in keys:
+                    keys[key] = len(vectors)
+                    vectors.append(np.asarray(vec, dtype=np.float32))
+                wanted.append((q, name, keys[key]))
+        if not vectors:
+            continue
+        width = 2 * max(cfg.similar_k, cfg.semantic_k, cfg.profile_k)
+        found = exact_nearest(data.catalogue, np.stack(vectors), width)
+        for q, name, i in wanted:
+            q.ctx.neighbours[name] = found[i]
+
+
+class _Recall:
+    """Pool recall against the targets on the validation queries, overall and per generator."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sku: dict[str, float] = {}
+        self.type: dict[str, float] = {}
+        self.size = 0
+
+    def add(self, q: Query, pool: dict[int, list[str]]) -> None:
+        if not q.targets:
+            return
+        self.n += 1
+        self.size += len(pool)
+        codes = q.data.catalogue.type_code
+        wanted_types = q.target_types or ({int(codes[t]) for t in q.targets} - {-1})
+        for name in ("pool", *GENERATORS):
+            rows = set(pool) if name == "pool" else {r for r, g in pool.items() if name in g}
+            self.sku[name] = self.sku.get(name, 0.0) + len(q.targets & rows) / len(q.targets)
+            if wanted_types:
+                got = {int(codes[r]) for r in rows}
+                self.type[name] = self.type.get(name, 0.0) + len(wanted_types & got) / len(wanted_types)
+
+    def summary(self) -> dict:
+        if not self.n:
+            return {}
+        return {"queries": self.n, "mean_size": round(self.size / self.n, 1),
+                "recall_sku": {k: round(v / self.n, 4) for k, v in self.sku.items()},
+                "recall_type": {k: round(v / self.n, 4) for k, v in self.type.items()}}
+
+
+def lgb_params(cfg: RankerConfig) -> dict:
+    return {
+        "objective": "lambdarank", "metric": "ndcg", "eval_at": [10], "label_gain": [0.0, 1.0, 3.0],
+        "lambdarank_truncation_level": cfg.truncation_level,
+        "learning_rate": cfg.learning_rate, "num_leaves": cfg.num_leaves, "min_data_in_leaf": cfg.min_data_in_leaf,
+        "feature_fraction": cfg.feature_fraction, "lambda_l2": cfg.lambda_l2,
+        "seed": cfg.seed, "bagging_seed": cfg.seed, "feature_fraction_seed": cfg.seed, "data_random_seed": cfg.seed,
+        "deterministic": True, "force_col_wise": True, "num_threads": cfg.num_threads, "verbosity": -1,
+    }
+
+
+def _fit(Xs, ys, sizes, is_valid, cfg: RankerConfig):
+    import lightgbm as lgb
+
+    def stack(flag: bool):
+        keep = [i for i, v in enumerate(is_valid) if v == flag]
+        return (np.vstack([Xs[i] for i in keep]), np.concatenate([ys[i] for i in keep]), [sizes[i] for i in keep])
+
+    Xt, yt, gt = stack(False)
+    Xv, yv, gv = stack(True)
+    t = time.perf_counter()
+    train = lgb.Dataset(Xt, yt, group=gt, feature_name=list(FEATURES), free_raw_data=True)
+    valid = lgb.Dataset(Xv, yv, group=gv, reference=train)
+    booster = lgb.train(lgb_params(cfg), train, num_boost_round=cfg.n_estimators, valid_sets=[valid],
+                        callbacks=[lgb.early_stopping(cfg.early_stopping_rounds, verbose=False)])
+    best = booster.best_iteration or cfg.n_estimators
+    # keep only the chosen trees, so the saved model, its bytes and its predictions agree
+    booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+    return booster, {"best_iteration": int(best), "train_rows": int(len(yt)), "valid_rows": int(len(yv)),
+                     "seconds_fit": round(time.perf_counter() - t, 2)}
+
+
+def _validation(ranker: ItemRanker, Xs, ys, is_valid) -> dict:
+    """NDCG@10 (graded gains) of the model and of the fallback blend on the validation queries."""
+    fallback = ItemRanker(None)
+    out = {"model": [], "fallback": []}
+    for X, y, v in zip(Xs, ys, is_valid):
+        if not v or y.max() == 0:
+            continue
+        for name, model in (("model", ranker), ("fallback", fallback)):
+            out[name].append(_ndcg(model.raw(X), y, 10))
+    return {f"ndcg@10_{k}": round(float(np.mean(v)), 4) for k, v in out.items() if v}
+
+
+def _ndcg(scores: np.ndarray, y: np.ndarray, k: int) -> float:
+    order = np.argsort(-scores, kind="stable")[:k]
+    gains = (2.0 ** y - 1)
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = float((gains[order] * disc[: len(order)]).sum())
+    ideal = np.sort(gains)[::-1][:k]
+    idcg = float((ideal * disc[: len(ideal)]).sum())
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+# --- at index time ------------------------------------------------------------------------------
+
+
+def train_and_save(interactions: pd.DataFrame, products: pd.DataFrame, embeddings: np.ndarray,
+                   cfg: RankerConfig, folder: Path, *, extras: dict[str, pd.DataFrame] | None = None,
+                   encode: Callable[[list[str]], np.ndarray] | None = None,
+                   key_of: Callable[[str], str] = str) -> dict:
+    """Train the ranker and save it with the serving history (keyed by ``key_of``, the
+    profiles' pseudonyms) into a build folder; returns the card."""
+    products = products.reset_index(drop=True)
+    ranker = train_ranker(interactions, products, embeddings, cfg, extras, encode)
+    cat = CatalogueArrays.from_products(products, embeddings)
+    UserHistory.build(interactions, cat, cfg.half_life_days, key_of).save(Path(folder) / HISTORY_FILE)
+    ranker.save(Path(folder))
+    return ranker.card
