@@ -755,19 +755,23 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, *,
     return url
 
 
+def first_start_message(data_dir: Path, limit: int | None = None) -> str:
+    what = f"a {limit}-household slice of" if limit else "the full"
+    took = "a minute or two" if limit else CJ_BUILD_ESTIMATE
+    return f"No index in {data_dir}: building {what} Complete Journey data. This happens once and takes {took}."
+
+
 def ensure_index(settings: Settings, limit: int | None = None, out=sys.stderr) -> bool:
     """Build the Complete Journey index when the data dir has none. True when built.
     Raises :class:`PartialBuild` (nothing switched) when the data would not make an index."""
     if read_current(Path(settings.data_dir)) is not None:
         return False
     from assistant.privacy import pseudonymise
-    from retrieval.buildtime import CJ_BUILD_ESTIMATE, BuildProgress
+    from retrieval.buildtime import BuildProgress
     from retrieval.index import build_index
     from retrieval.sources import load_source
 
-    what = f"a {limit}-household slice of" if limit else "the full"
-    print(f"No index in {settings.data_dir}: building {what} Complete Journey data. This happens "
-          f"once and takes {'a minute or two' if limit else CJ_BUILD_ESTIMATE}.", file=out, flush=True)
+    print(first_start_message(Path(settings.data_dir), limit), file=out, flush=True)
     progress = BuildProgress(out, marker="  [{}]")
     try:
         ds = load_source("completejourney", None, settings=settings, limit=limit)

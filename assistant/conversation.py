@@ -47,6 +47,7 @@ from .constraints import (
     understand,
 )
 from .feedback import FeedbackEvent, FeedbackStore, SessionSignal
+from .nlu.need import Need
 from .privacy import guest_pseudonym
 from .service import BundleAssistant, Recommendation, ServiceError, ShownBundle
 
@@ -406,6 +407,7 @@ class Conversation:
             self._profile = assistant.profile(str(user_id))
             self.user_pseudo = assistant.user_key(str(user_id))
         self.state = ConstraintState()
+        self.need: Need | None = None  # the understood need, refined turn by turn
         self.shown: list[ShownBundle] = []  # the bundles on screen now, in rank order
         self.history: list[list[ShownBundle]] = []  # every set shown, oldest first
         self.cart = Cart()
@@ -634,6 +636,9 @@ class Conversation:
         if "reset" in kinds:
             self._need_texts.clear()
             self.shown = []
+            self.need = None
+        # the same need understanding as the CLI's --parse and eval (BundleAssistant.understand)
+        self.need = self.assistant.understand(text, previous=self.need)
         self.state = self.state.apply(parsed, refinements, prices,
                                       default_bundle_size=self.assistant.settings.llm.max_bundle_size)
         if "cheaper" in kinds and parsed.budget is None and prices:
@@ -685,9 +690,12 @@ class Conversation:
         if state.healthy:
             query_parts.append("healthy")
         query = " ".join(p for p in query_parts if p).strip()
+        # the session's constraints carry the budget ("cheaper" lowers it); the need carries
+        # what composition needs: occasion, servings, days, diets
+        need = self.need.model_copy(update={"budget": None}) if self.need is not None else None
         return _Request(query=query, anchors=tuple(anchors), constraints=constraints,
                         understood=describe_request(state, extra), notes=notes,
-                        intro_request=self._intro_request(state))
+                        intro_request=self._intro_request(state), need=need)
 
     def _intro_request(self, state: ConstraintState) -> str:
         """The message, with the need it refines when it names none ("cheaper" ->
@@ -712,7 +720,7 @@ class Conversation:
         rec = self.assistant.recommend(
             query=request.query, anchors=request.anchors, constraints=request.constraints,
             k=self.cards, mode=mode, profile=self.profile(signal),
-            boosted=self.boosted(signal), demoted=self.demoted(signal),
+            boosted=self.boosted(signal), demoted=self.demoted(signal), need=request.need,
         )
         log.debug("recommend %s in %.2fs", mode, time.perf_counter() - start)
         return rec
@@ -726,3 +734,4 @@ class _Request:
     understood: list[str]
     notes: list[str] = field(default_factory=list)
     intro_request: str = ""
+    need: Need | None = None

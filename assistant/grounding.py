@@ -29,7 +29,7 @@ and pure.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -88,7 +88,12 @@ great good perfect delicious tasty yummy hearty fun special premium budget value
 cheaper serving portion size big bigger small smaller large extra plus more less side main
 dish course drink dessert food grocery groceries store brand name national private cold hot
 frozen refrigerated canned dry sweet savory spicy mild natural organic homemade home style
-flavor flavour variety assortment combo night's taste everything something anything
+flavor flavour variety assortment combo night's taste everything something anything gluten free
+ready vegan vegetarian keto lactose allergy allergen plant based wholesome other miscellaneous
+regular traditional mainstream economy select choice bulk prepacked single multi serve count
+grill grilling cook cooking kitchen oven table center date red green yellow white black blue gold
+french italian mexican asian american instant flat upscale children minis security stand style
+bottle can jar bag box package container carton tray
 """.split())
 
 _STOPWORDS: frozenset[str] = frozenset("""
@@ -164,16 +169,23 @@ def split_sentences(text: str) -> list[str]:
 # --- context ------------------------------------------------------------------------------
 
 
-def product_vocabulary(catalogue: Any, columns: Iterable[str] = ("product_type", "display_title")) -> frozenset[str]:
-    """The product words of a catalogue (a DataFrame): singular forms of the words in its
-    types and display titles, minus generic and stop words. Build once per index."""
+def product_vocabulary(catalogue: Any, column: str = "display_title") -> frozenset[str]:
+    """The product nouns of a catalogue (a DataFrame with display titles): the head noun of
+    each part of each name ("Waffles/pancakes/French toast" -> waffle, pancake, toast;
+    "Beer, ale and malt liquors" -> beer, ale, liquor), singular, plus
+    :data:`DEFAULT_PRODUCT_WORDS`. Head nouns only: "filling" in "pie filling mincemeat
+    glazes" or "lean" are not products. Build once per index."""
     words: set[str] = set(DEFAULT_PRODUCT_WORDS)
-    for column in columns:
-        if column not in getattr(catalogue, "columns", ()):
-            continue
-        for value in catalogue[column].dropna().astype(str).unique():
-            words.update(_singular(w) for w in _words(value) if len(w) > 2)
-    return frozenset(w for w in words if w not in GENERIC_WORDS and w not in _STOPWORDS and len(w) > 2)
+    if column in getattr(catalogue, "columns", ()):
+        for title in catalogue[column].dropna().astype(str).unique():
+            name = title.split(" · ")[0]
+            for part in re.split(r"[/,:&()]|\band\b|\bwith\b|\bor\b", name.lower()):
+                tokens = _words(part)
+                if tokens:
+                    head = _singular(tokens[-1])
+                    if len(head) > 2 and not head.endswith("ed") and head not in _STOPWORDS:
+                        words.add(head)
+    return frozenset(w for w in words if w not in GENERIC_WORDS and w not in _STOPWORDS)
 
 
 def need_words(need: Need | None) -> set[str]:

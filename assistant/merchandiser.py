@@ -124,6 +124,7 @@ class IdeaItem(BaseModel):
     product_type: str
     department: str
     margin_rate: float  # the item's own (catalogue) margin rate
+    category: str = ""  # the catalogue's category path (what scenario patterns match)
 
 
 class Projection(BaseModel):
@@ -589,7 +590,7 @@ def plan_roles(assistant: BundleAssistant, query_vec: np.ndarray, constraints: C
     # the best-matching roles, then each department's best within the band (margin
     # spread); the scan stops at the band, so it stays short
     scan = [i for i in order[: RELEVANT_TYPES * 12] if sims[i] >= floor]
-    best = []
+    best: list[int] = []
     for i in scan:
         if len(best) >= RELEVANT_TYPES:
             break
@@ -973,6 +974,7 @@ def _facts(index, pid: str) -> dict[str, Any]:
         "price": None if price is None or price != price else float(price),
         "product_type": str(row.get("product_type", "") or ""),
         "department": str(row.get("department", "") or ""),
+        "category": str(row.get("category", "") or ""),
         "margin_rate": float(row.get("margin_rate", 0.0) or 0.0),
     }
 
@@ -988,6 +990,7 @@ def _idea(rank: int, bundle: ScoredBundle, need: Need, index, history: History |
             unit_price=item.price, quantity=getattr(item, "quantity", 1),
             role=item_roles.get(item.product_id) or (labels.get(kind) or role_label(kind) if kind else ""),
             product_type=kind, department=facts["department"], margin_rate=facts["margin_rate"],
+            category=facts["category"],
         ))
     roles = [i.role for i in items]
     p = bundle.price
@@ -1169,7 +1172,7 @@ def _typed_pool(assistant: BundleAssistant, need: Need, query_vec: np.ndarray, c
 
 
 MAX_COMBOS_TRIED = 80  # option combinations of a composed plan tried, most typical first
-MARGIN_FILL_DEPTH = 5  # the margin fill picks the highest-margin product among an option's best five
+MARGIN_FILL_DEPTH = 40  # the margin fill picks the highest-margin product among an option's ranked ones
 
 
 def _composed_pool(assistant: BundleAssistant, need: Need, query_vec: np.ndarray, cons: Constraints,

@@ -253,55 +253,72 @@ def propose_with_rules(
     size: int,
     min_size: int = 2,
 ) -> list[BundleCandidate]:
-    """Deterministic bundles grown greedily around seeds (anchors first, then query hits,
-    then affinity items): each step adds the candidate with the highest mean NPMI to the
-    bundle so far, of a product type the bundle does not have yet, while the running
-    list price stays under the budget."""
+    """Deterministic bundles that follow the item ranker's relevance (``Candidate.score``).
+
+    The anchors and pinned products are in every bundle. Each bundle is seeded by the
+    most relevant candidate no earlier bundle used (of a type the given products do not
+    have), then grown with the most relevant candidate of a product type the bundle does
+    not have yet, while the running list price stays under the budget. A candidate an
+    earlier bundle already holds counts half its relevance, so the bundles, read in
+    order, walk down the relevance list instead of repeating its head; equal relevance
+    goes to the better mean NPMI with the bundle so far, then to the product id."""
     pool = [c for c in candidates if allowed(c.product_id)]
-    # what the shopper asked for seeds bundles before what their history suggests
-    order = {"anchor": 0, "semantic": 1, "affinity": 2}
-    seeds = sorted((c for c in pool if c.reason in order), key=lambda c: order[c.reason]) or pool
+    anchors = [c.product_id for c in pool if c.reason == "anchor"]
     pinned = [p for p in constraints.pinned if p in catalogue.index]
+    given = list(dict.fromkeys(pinned + anchors))
+    ranked = sorted((c for c in pool if c.product_id not in given), key=lambda c: (-round(c.score, 9), c.product_id))
     price = {c.product_id: float(catalogue.at[c.product_id, "price"]) for c in pool}
     ptype = {c.product_id: str(catalogue.at[c.product_id, "product_type"]) for c in pool}
     for p in pinned:
         price.setdefault(p, float(catalogue.at[p, "price"]))
         ptype.setdefault(p, str(catalogue.at[p, "product_type"]))
     budget = constraints.budget
-    anchors = [c.product_id for c in pool if c.reason == "anchor"]
+    given_types = {ptype.get(i) for i in given} - {"", None}
     bundles: list[BundleCandidate] = []
     seen: set[frozenset] = set()
-    for seed in seeds:
+    used: set[str] = set()
+    seeds = [c for c in ranked if not ptype.get(c.product_id) or ptype.get(c.product_id) not in given_types]
+    for seed in seeds or ([None] if len(given) >= min_size else []):
         if len(bundles) >= n_bundles:
             break
-        start = list(dict.fromkeys(pinned + anchors + [seed.product_id]))
-        items = _grow(start, pool, size, pair_npmi, price, ptype, budget)
+        if seed is not None and seed.product_id in used:
+            continue
+        start = given + ([seed.product_id] if seed is not None else [])
+        items = _grow(start, ranked, size, pair_npmi, price, ptype, budget, used)
         key = frozenset(items)
         if len(items) < min_size or key in seen:
             continue
         seen.add(key)
-        title = str(catalogue.at[seed.product_id, "product_type"] or catalogue.at[seed.product_id, "title"])
+        used |= set(items)
+        head = seed.product_id if seed is not None else items[0]
+        title = str(catalogue.at[head, "product_type"] or catalogue.at[head, "title"])
         bundles.append(BundleCandidate(item_ids=tuple(items), source="rule",
                                        name=f"{title.title()[:24]} bundle", llm_reason=""))
     return bundles
 
 
-def _grow(items: list[str], pool: list[Candidate], size: int, pair_npmi, price, ptype, budget) -> list[str]:
+def _grow(items: list[str], pool: list[Candidate], size: int, pair_npmi, price, ptype, budget,
+          used: set[str] | None = None) -> list[str]:
+    used = used or set()
     items = list(items)
     total = sum(p for p in (price.get(i, float("nan")) for i in items) if p == p)
     while len(items) < size:
         best, best_score = None, None
+        types = {ptype.get(i) for i in items}
         for cand in pool:
             pid = cand.product_id
             # one of each product type; an unknown (empty) type is no type, or a catalogue
             # without categories could never grow a bundle past its seed
-            if pid in items or (ptype.get(pid) and ptype.get(pid) in {ptype.get(i) for i in items}):
+            if pid in items or (ptype.get(pid) and ptype.get(pid) in types):
                 continue
             cost = price.get(pid, float("nan"))
             if budget is not None and (cost != cost or total + cost > budget):
                 continue
+            relevance = cand.score * (0.5 if pid in used else 1.0)
+            if best_score is not None and round(relevance, 9) < best_score[0]:
+                continue  # the NPMI tie-break below costs a pair lookup per bundle item
             fit = sum(pair_npmi(pid, i) for i in items) / len(items)
-            score = (round(fit, 9), round(cand.score, 9))
+            score = (round(relevance, 9), round(fit, 9))
             if best_score is None or score > best_score or (score == best_score and pid < best):
                 best, best_score = pid, score
         if best is None:

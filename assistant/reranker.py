@@ -7,7 +7,10 @@ objective ``T = Σ w_k·X_k`` and sorts them.
 
 Components (each in [0, 1]; weights from :class:`ObjectiveConfig`, already summing to 1):
 
-* ``preference`` — ``(cos(u, b) + 1) / 2`` where ``u`` is the user's preference
+* ``preference`` — with the item ranker's ``relevance`` (the service passes it, see
+  :mod:`retrieval.ranker`): the mean relevance of the items the bundle adds to the given
+  ``anchors`` (of all items when it adds none; an item without a relevance counts 0).
+  Without it: ``(cos(u, b) + 1) / 2`` where ``u`` is the user's preference
   embedding (or the query embedding for a guest) and ``b`` the mean of the items'
   L2-normalised embeddings, re-normalised. 0.5 (neutral) when there is no preference
   vector or none of the items has an embedding. Feedback then moves it: for each item
@@ -15,7 +18,9 @@ Components (each in [0, 1]; weights from :class:`ObjectiveConfig`, already summi
   ``DEMOTE_FACTOR`` (0.5); for each item in ``boosted`` (and not demoted: a dislike wins)
   the remaining distance to 1 is multiplied by ``BOOST_FACTOR`` (0.5). Both keep [0, 1].
 * ``complementarity`` — mean over item pairs of ``(NPMI + 1) / 2``; NPMI is clipped to
-  [-1, 1] and an unknown pair counts 0 (independent), i.e. 0.5.
+  [-1, 1] and an unknown pair counts 0 (independent), i.e. 0.5. A pair of one anchor and
+  one item with a relevance counts that relevance instead: the ranker scored the item
+  given the anchors, from their co-purchase at SKU and type level.
 * ``margin`` — the bundle's margin rate after its discount (see :mod:`assistant.pricing`),
   clipped to [0, 1].
 * ``sales`` — mean item popularity (already scaled to [0, 1]; missing counts 0).
@@ -68,9 +73,10 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from assistant.pricing import BundlePrice, is_unknown, price_bundle, to_cents
+from retrieval import filters
 from retrieval.config import ObjectiveConfig, PricingConfig
 from retrieval.schema import Constraints
 
@@ -150,6 +156,7 @@ class ScoredBundle(BaseModel):
     score: float
     score_breakdown: dict[str, ComponentScore]
     explanation: str
+    item_reasons: dict[str, list[str]] = Field(default_factory=dict)  # the ranker's worded reasons per item
 
 
 class RerankResult(BaseModel):
@@ -176,6 +183,11 @@ class ScoringContext:
     boosted: set[str] = field(default_factory=set)  # liked product ids or product types
     min_bundle_size: int = 2
     max_bundle_size: int = 4
+    # the item ranker's relevance in [0, 1] per candidate (retrieval.ranker): when given,
+    # it is the preference and the anchor-item complementarity (one relevance signal)
+    relevance: Mapping[str, float] = field(default_factory=dict)
+    anchors: frozenset[str] = frozenset()  # given products (anchors, pinned): in every bundle
+    item_reasons: Mapping[str, list[str]] = field(default_factory=dict)  # worded, per product id
 
     def __post_init__(self) -> None:
         if "product_id" in self.products.columns and self.products.index.name != "product_id":
@@ -267,34 +279,9 @@ def _structural_violations(
 
 
 def _item_violations(item: _Item, c: Constraints) -> list[str]:
-    pid, reasons = item.product_id, []
-    if c.in_stock_only and not item.in_stock:
-        reasons.append(f"out_of_stock: {pid}")
-    if pid in set(c.excluded_products):
-        reasons.append(f"excluded_product: {pid}")
-    for text in (item.title, item.category, item.brand):
-        if text and c.excludes(text):
-            words = [w for w in c.exclude if w.strip() and w.lower() in text.lower()]
-            reasons.append(f"excluded_word: {pid} {text!r} contains {', '.join(words)}")
-            break
-    allowed = {d.strip().lower() for d in c.departments if d.strip()}
-    if allowed and item.department.lower() not in allowed:
-        reasons.append(f"department: {pid} is in {item.department or 'no department'}")
-    if c.max_unit_price is not None:
-        if item.price is None:
-            reasons.append(f"unit_price: {pid} has no price (max {_money(c.max_unit_price)})")
-        elif item.price > c.max_unit_price:
-            reasons.append(
-                f"unit_price: {pid} {_money(item.price)} > max {_money(c.max_unit_price)}"
-            )
-    if c.min_unit_price is not None:
-        if item.price is None:
-            reasons.append(f"unit_price: {pid} has no price (min {_money(c.min_unit_price)})")
-        elif item.price < c.min_unit_price:
-            reasons.append(
-                f"unit_price: {pid} {_money(item.price)} < min {_money(c.min_unit_price)}"
-            )
-    return reasons
+    """The item's hard-constraint reasons, from :mod:`retrieval.filters` (the one owner).
+    The per-item budget check is left to the exact bundle price below."""
+    return filters.violations(item, c, item_budget=False)
 
 
 def _bundle_violations(ids: Sequence[str], price: BundlePrice, c: Constraints) -> list[str]:
@@ -364,7 +351,13 @@ def _marked(item: _Item, keys: set[str]) -> bool:
 
 def _preference(ids: Sequence[str], items: Mapping[str, _Item], ctx: ScoringContext) -> float:
     value = 0.5
-    if ctx.preference is not None:
+    chosen = [i for i in sorted(set(ids)) if i not in ctx.anchors] or sorted(set(ids))
+    known = [ctx.relevance[i] for i in chosen if i in ctx.relevance]
+    if known:
+        # the ranker's relevance of what the bundle adds to the given products (the anchors
+        # are in every bundle); an item the ranker never saw counts 0
+        value = sum(_clip01(float(v)) for v in known) / len(chosen)
+    elif ctx.preference is not None:
         pref = np.asarray(ctx.preference, dtype=np.float64)
         b = bundle_embedding(ids, ctx.embeddings)
         norm = float(np.linalg.norm(pref))
@@ -387,6 +380,13 @@ def _complementarity(ids: Sequence[str], ctx: ScoringContext) -> float:
         return 0.5
     total = 0.0
     for a, b in pairs:
+        given = (a in ctx.anchors) + (b in ctx.anchors)
+        other = b if a in ctx.anchors else a
+        if given == 1 and other in ctx.relevance:
+            # the ranker scored this item given the anchors (co-purchase, type-level
+            # complements, similarity): that is how well it goes with them
+            total += _clip01(float(ctx.relevance[other]))
+            continue
         npmi = _number(ctx.pair_npmi(a, b), 0.0)
         total += (min(1.0, max(-1.0, npmi)) + 1.0) / 2.0
     return total / len(pairs)
@@ -496,6 +496,7 @@ def _scored(
         score=sum(c.contribution for c in breakdown.values()),
         score_breakdown=breakdown,
         explanation=explain(breakdown, price),
+        item_reasons={i: list(ctx.item_reasons[i]) for i in ids if ctx.item_reasons.get(i)},
     )
 
 

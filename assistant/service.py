@@ -77,6 +77,7 @@ class ShownBundle(BaseModel):
     source: str
     sources: list[str]
     llm_reason: str
+    item_reasons: dict[str, list[str]] = Field(default_factory=dict)  # product id -> the ranker's reasons
 
     @property
     def item_ids(self) -> list[str]:
@@ -144,6 +145,7 @@ class BundleAssistant:
         self._index: Index | None = None
         self._retriever: CandidateRetriever | None = None
         self._types: TypeCatalogue | None = None
+        self._rows: dict[str, int] | None = None
         self._lock = threading.Lock()
         self.chain = (
             RunnableLambda(self._retrieve_step, name="retrieve")
@@ -177,8 +179,17 @@ class BundleAssistant:
     def types(self) -> TypeCatalogue:
         """The catalogue by product type (composition's view), built once per index."""
         if self._types is None:
-            self._types = TypeCatalogue(self.index.products, embed=lambda texts: self.embedder.encode(texts))
+            self._types = TypeCatalogue(self.index.products, vectors_of=self._vectors_of)
         return self._types
+
+    def _vectors_of(self, ids: list[str]) -> dict[str, np.ndarray]:
+        """Product embeddings by id, in one vectorised lookup (``Index.embeddings_of`` looks
+        up one id at a time: ~10 µs each, and composition asks for ~1k per request)."""
+        index = self.index
+        rows = index.row_of.reindex(list(ids))
+        keep = rows.notna().to_numpy()
+        picked = [i for i, k in zip(ids, keep) if k]
+        return dict(zip(picked, index.item_embeddings[rows[keep].astype(int).to_numpy()]))
 
     @property
     def composer(self) -> Composer:
@@ -216,6 +227,7 @@ class BundleAssistant:
         frozen the same way with :func:`gc.freeze`."""
         self.recommend(query="snacks", k=1, use_llm=False)
         self.retriever.prepare()
+        self.types.name_vectors()  # composition's type vectors, for needs the lexicon does not know
         gc.freeze()
 
     def search(self, query: str, user_id: str | None = None, constraints: Constraints | None = None,
@@ -352,10 +364,10 @@ class BundleAssistant:
         if preference is None:
             preference = req.query_vec
         ctx = ShopperContext(
-            allowed=self._allowed(req),
+            allowed=self._allowed_fast(req),
             relevance={c.product_id: c.score for c in req.candidates},
             preference=preference,
-            embeddings=lambda ids: self.index.embeddings_of(ids),
+            embeddings=self._vectors_of,
             favourites=frozenset(req.profile.favourite_items),
             demoted=frozenset(req.demoted), boosted=frozenset(req.boosted),
         )
@@ -368,6 +380,20 @@ class BundleAssistant:
         if not req.proposals:
             req.notes.append("Nothing in the catalogue fills this request's roles within its constraints.")
 
+    def _allowed_fast(self, req: _Request):
+        """The same verdicts as :meth:`_allowed`, from one vectorised mask over the
+        catalogue (``retrieval.filters``): composition asks about ~1k products a request,
+        and a per-product check with word exclusions costs ~0.5 ms each."""
+        try:
+            from retrieval.filters import mask
+        except ImportError:  # an older tree without the filters module
+            return self._allowed(req)
+        passing = mask(self.index.products, req.constraints)
+        if self._rows is None:
+            self._rows = {str(p): i for i, p in enumerate(self.index.products["product_id"])}
+        rows = self._rows
+        return lambda pid: (i := rows.get(pid)) is not None and bool(passing[i])
+
     def _allowed(self, req: _Request):
         return lambda pid: self.retriever.allowed(pid, req.constraints)
 
@@ -376,7 +402,9 @@ class BundleAssistant:
         if req.plan is not None:
             return self._propose_composed(req)
         cfg = self.settings.llm
-        size = req.constraints.max_bundle_size or 3
+        # a composed bundle shown earlier can be the anchor set ("more like bundle 2"):
+        # growing it needs room for one more product
+        size = max(req.constraints.max_bundle_size or 3, len(req.anchors) + 1 if req.anchors else 0)
         max_size = max(size, cfg.max_bundle_size if req.constraints.max_bundle_size is None
                        else req.constraints.max_bundle_size)
         if req.mode in ("llm", "llm+rule"):
@@ -467,7 +495,12 @@ class BundleAssistant:
             boosted=req.boosted,
             min_bundle_size=self.settings.llm.min_bundle_size,
             max_bundle_size=max(self.settings.llm.max_bundle_size, req.constraints.max_bundle_size or 0,
-                                MAX_COMPOSED_ITEMS if req.plan is not None else 0),
+                                MAX_COMPOSED_ITEMS if req.plan is not None else 0,
+                                len(req.anchors) + 1 if req.anchors else 0),
+            # the item ranker's relevance: the preference and anchor-item complementarity
+            relevance={c.product_id: c.score for c in req.candidates if c.reason != "anchor"},
+            anchors=frozenset(req.anchors) | frozenset(req.constraints.pinned),
+            item_reasons={c.product_id: c.why for c in req.candidates if c.why},
         )
         if req.plan is None:
             req.result = rerank(req.proposals, ctx, req.k)
@@ -494,8 +527,8 @@ class BundleAssistant:
                         proposed=report.proposed, valid_before_repair=report.valid_before_repair,
                         valid=report.valid, fallback=report.fallback, error=report.error,
                         latency_s=report.latency_s, new_tokens=report.new_tokens),
-            candidates=[{"product_id": c.product_id, "reason": c.reason, "score": round(c.score, 4)}
-                        for c in req.candidates],
+            candidates=[{"product_id": c.product_id, "reason": c.reason, "score": round(c.score, 4),
+                         "reasons": list(c.reasons), "why": list(c.why)} for c in req.candidates],
             rejected=len(result.rejected),
             notes=req.notes,
             timings={**req.timings, "total": round(total, 4)},
@@ -560,5 +593,5 @@ def _shown(rank: int, b) -> ShownBundle:
         list_price=p.list_price, bundle_price=p.bundle_price, discount=p.discount, savings=p.savings,
         price_known=p.price_known, margin_rate=round(p.margin_rate_after, 4), score=round(b.score, 6),
         score_breakdown=b.score_breakdown, explanation=b.explanation, source=b.source,
-        sources=list(b.sources), llm_reason=b.llm_reason,
+        sources=list(b.sources), llm_reason=b.llm_reason, item_reasons=dict(getattr(b, "item_reasons", {})),
     )

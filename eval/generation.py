@@ -165,9 +165,24 @@ def score_generation_block(predicted: dict, reports: dict, systems: list[str],
             "tests_vs_best_baseline": tests, "tests_vs_each_baseline": vs_each, "tests_vs_rule": vs_rule}
 
 
+# The rule grouping's constants (assistant/grouping.py) are chosen from this grid on the dev
+# split: the best mean pair F1 among settings whose bundle precision and recall are not
+# below those of the reference setting (the constants before pair F1 existed).
+GROUPING_NPMI_WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+GROUPING_THRESHOLDS = (0.1, 0.125, 0.15, 0.175, 0.2, 0.225, 0.25, 0.275, 0.3, 0.325, 0.35)
+GROUPING_REFERENCE = {"npmi_weight": 0.5, "threshold": 0.3}
+
+
+def _grouping_scores(cases: Sequence[GenerationCase], make) -> dict[str, float]:
+    pairs = [([g.item_ids for g in make(c)], c.bundles) for c in cases]
+    sets = M.bundle_generation_metrics(pairs)
+    return {"precision": sets["precision"], "recall": sets["recall"], "matched_recall": sets["matched_recall"],
+            MAIN: M.pair_metrics(pairs)[MAIN]}
+
+
 def tune_generation_baselines(split: Split, assistant) -> dict:
     """The category-overlap threshold with the best mean pair F1 on the (dev) sessions
-    (a tie keeps the lower threshold)."""
+    (a tie keeps the lower threshold), and the system rule grouping's dev grid."""
     from .baselines import OVERLAP_THRESHOLDS, group_by_category_overlap
 
     catalogue = assistant.index.catalogue
@@ -179,4 +194,29 @@ def tune_generation_baselines(split: Split, assistant) -> dict:
         grid.append({"params": {"threshold": t}, MAIN: M.pair_metrics(pairs)[MAIN]})
     best = max(range(len(grid)), key=lambda i: (grid[i][MAIN], -i))
     return {"level": "pair", "metric": MAIN, "cases": len(split.cases),
-            "choices": {"category-overlap": grid[best]["params"]}, "grid": {"category-overlap": grid}}
+            "choices": {"category-overlap": grid[best]["params"]}, "grid": {"category-overlap": grid},
+            "system_rule_grouping": rule_grouping_grid(split.cases, assistant)}
+
+
+def rule_grouping_grid(cases: Sequence[GenerationCase], assistant) -> dict:
+    """Dev scores of the rule grouping over (NPMI weight, threshold), and the setting the
+    documented rule picks (see ``GROUPING_REFERENCE``); ``assistant/grouping.py`` holds it."""
+    from assistant.grouping import Affinity, category_levels, rule_groups
+
+    index = assistant.index
+    catalogue = index.catalogue
+    max_size = assistant.settings.llm.max_bundle_size
+    paths = {i: category_levels(catalogue.at[i, "category"]) for c in cases for i in c.items}
+
+    def scores(w: float, t: float) -> dict[str, float]:
+        affinity = Affinity(index.copurchase.pair_npmi, paths, npmi_weight=w)
+        return _grouping_scores(cases, lambda c: rule_groups(list(dict.fromkeys(c.items)), affinity, catalogue,
+                                                             max_size=max_size, threshold=t))
+
+    reference = scores(GROUPING_REFERENCE["npmi_weight"], GROUPING_REFERENCE["threshold"])
+    grid = [{"params": {"npmi_weight": w, "threshold": t}, **scores(w, t)}
+            for w in GROUPING_NPMI_WEIGHTS for t in GROUPING_THRESHOLDS]
+    feasible = [g for g in grid if g["precision"] >= reference["precision"] and g["recall"] >= reference["recall"]]
+    chosen = max(feasible, key=lambda g: (round(g[MAIN], 9), -grid.index(g)))["params"] if feasible else None
+    return {"reference": {"params": GROUPING_REFERENCE, **reference}, "chosen": chosen, "grid": grid,
+            "rule": "max mean pair F1 with bundle precision and recall >= the reference's"}

@@ -28,6 +28,7 @@ GENERATION_COLUMNS = (
     ("precision", "precision", True),
     ("recall", "recall", True),
     ("coverage", "coverage", True),
+    ("matched_recall", "GT matched", True),
     ("pair_precision", "pair P", True),
     ("pair_recall", "pair R", True),
     ("pair_f1", "pair F1", True),
@@ -148,7 +149,25 @@ def _choices_md(result: dict) -> list[str]:
                 mark = " **(chosen)**" if g["params"] == tuning["choices"][name] else ""
                 lines.append(f"| `{name}` | {json.dumps(g['params'], sort_keys=True)}{mark} | {g[metric]:.4f} |")
         lines.append("")
+        lines += _grouping_grid_md(tuning.get("system_rule_grouping"))
     return lines
+
+
+def _grouping_grid_md(grid: dict | None) -> list[str]:
+    """The system rule grouping's dev grid: the reference, the chosen setting, the top 10."""
+    if not grid:
+        return []
+    ref, chosen = grid["reference"], grid["chosen"]
+    keys = ("precision", "recall", "matched_recall", "pair_f1")
+    rows = [("reference " + json.dumps(ref["params"], sort_keys=True), ref)]
+    top = sorted(grid["grid"], key=lambda g: -g["pair_f1"])[:10]
+    rows += [("**chosen** " + json.dumps(g["params"], sort_keys=True), g)
+             for g in grid["grid"] if g["params"] == chosen]
+    rows += [(json.dumps(g["params"], sort_keys=True), g) for g in top]
+    lines = [f"System rule grouping, dev grid (rule: {grid['rule']}; then the top 10 by pair F1):", "",
+             "| setting | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
+    lines += [f"| {name} | " + " | ".join(f"{g[k]:.3f}" for k in keys) + " |" for name, g in rows]
+    return lines + [""]
 
 
 def _completion_md(result: dict) -> list[str]:

@@ -17,6 +17,7 @@ shopper was shown and a display title when the catalogue has one).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
@@ -889,8 +890,7 @@ class ScenarioRunner:
         session = self._session(scenario, scenario.user)
         earlier_roles: list[list[str]] | None = None
         for n, turn in enumerate(scenario.turns, start=1):
-            before, disliked_before = list(session.shown), set(session.disliked)
-            liked_before = set(session.liked)
+            before = list(session.shown)
             reply, error = session.step(turn)
             label = turn.say if turn.say is not None else f"[{turn.action} bundle {turn.bundle}]"
             checks = effective_checks(turn, "shopper")
@@ -908,10 +908,8 @@ class ScenarioRunner:
                 asks=reply_asks(reply) if is_say else False,
                 applied=applied_values(reply) if is_say else {},
                 before=before, earlier_roles=earlier_roles,
-                disliked=session.disliked if turn.action == "dislike" else disliked_before | session.disliked,
-                liked=liked_before if is_say else session.liked,
-                nonfood=self.nonfood,
-                other_user=lambda uid, upto=n: self._replay(scenario, uid, upto),
+                disliked=set(session.disliked), liked=set(session.liked), nonfood=self.nonfood,
+                other_user=functools.partial(self._replay, scenario, upto=n),
             )
             result.checks += run_checks(screen, checks, n, label)
             if "roles" in turn.expect:
@@ -989,7 +987,7 @@ def summarise(results: Sequence[ScenarioResult]) -> dict[str, Any]:
                 "checks": len(cs), "checks_passed": sum(c.passed for c in cs),
                 "check_pass_rate": _ratio(sum(c.passed for c in cs), len(cs))}
 
-    failures = []
+    failures: list[dict[str, Any]] = []
     for r in results:
         if r.error:
             failures.append({"scenario": r.id, "role": r.role, "turn": None, "say": "", "check": "error",

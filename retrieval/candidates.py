@@ -26,6 +26,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
+from . import filters
 from .config import RetrievalConfig
 from .embeddings import Embedder
 from .index import Index
@@ -78,41 +79,14 @@ class CandidateRetriever:
         }
 
     def allowed(self, product_id: str, constraints: Constraints) -> bool:
-        facts = self._facts.get(product_id)
-        if facts is None:
-            return False
-        in_stock, department, price, text = facts
-        if constraints.in_stock_only and not in_stock:
-            return False
-        if product_id in constraints.excluded_products:
-            return False
-        if constraints.departments and department not in constraints.departments:
-            return False
-        if constraints.max_unit_price is not None and not (price == price and price <= constraints.max_unit_price):
-            return False
-        if constraints.min_unit_price is not None and not (price == price and price >= constraints.min_unit_price):
-            return False
-        if constraints.budget is not None and not (price == price and price < constraints.budget):
-            return False  # one item that eats the whole budget cannot be in any bundle
-        return not constraints.excludes(text)
+        """Whether a product breaks no hard constraint: :mod:`retrieval.filters` decides,
+        here and in the reranker alike."""
+        return filters.for_catalogue(self.index.products).allowed(product_id, constraints)
 
     def _metadata_mask(self, constraints: Constraints) -> np.ndarray:
-        """The rows that pass the metadata filters (what a Chroma ``where`` would check)."""
-        p = self.index.products
-        mask = np.ones(len(p), dtype=bool)
-        if constraints.in_stock_only:
-            mask &= p["in_stock"].to_numpy(dtype=bool)
-        if constraints.departments:
-            mask &= p["department"].isin(list(constraints.departments)).to_numpy()
-        price = p["price"].to_numpy(dtype=float, na_value=np.nan)
-        with np.errstate(invalid="ignore"):
-            if constraints.max_unit_price is not None:
-                mask &= price <= constraints.max_unit_price
-            if constraints.min_unit_price is not None:
-                mask &= price >= constraints.min_unit_price
-            if constraints.budget is not None:
-                mask &= price < constraints.budget
-        return mask
+        """The rows that break no hard constraint (:func:`retrieval.filters.mask`): the
+        exact search below scans only what :meth:`allowed` would keep."""
+        return filters.for_catalogue(self.index.products).mask(constraints)
 
     def nearest(self, vec: np.ndarray, constraints: Constraints, k: int) -> list[tuple[str, float]]:
         """The ``k`` allowed products nearest to ``vec`` (cosine similarity), best first.
@@ -255,7 +229,8 @@ class CandidateRetriever:
 
         ranked, X = ranker.rank(ctx, lambda row: self.allowed(str(ids[row]), constraints), max(k - len(anchors), 0),
                                 nearest)
-        ranker.explain(ctx, ranked, X)
+        n = ranker.cfg.explain_k
+        ranker.explain(ctx, ranked[:n], X[:n])
         out = [Candidate(a, 1.0, ["anchor"]) for a in anchors]
         out += [Candidate(r.product_id, r.relevance, list(r.generators), why=[w.text for w in r.reasons],
                           contributions=r.contributions, raw=r.raw) for r in ranked]

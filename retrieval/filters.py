@@ -138,12 +138,36 @@ def _needs(term: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
     return tuple(runs[:-1]), (last, last + "s", last + "es")
 
 
-def _may_mention(tokens: frozenset[str], term: str) -> bool:
-    need = _needs(term)
-    if need is None:
-        return True
-    inner, last = need
-    return all(r in tokens for r in inner) and any(v in tokens for v in last)
+@lru_cache(maxsize=256)
+def _word_index(words: tuple[str, ...]) -> tuple[dict[str, tuple[int, ...]], tuple[int, ...]]:
+    """token -> the positions of the words whose last run it can be; plus the positions of
+    the words the token test cannot screen."""
+    by_token: dict[str, list[int]] = {}
+    unscreened = []
+    for i, term in enumerate(words):
+        need = _needs(term)
+        if need is None:
+            unscreened.append(i)
+            continue
+        for variant in need[1]:
+            by_token.setdefault(variant, []).append(i)
+    return {k: tuple(v) for k, v in by_token.items()}, tuple(unscreened)
+
+
+def _candidates(tokens: frozenset[str], words: tuple[str, ...]) -> list[int]:
+    """Positions (in order) of the words that may occur in a text with these tokens."""
+    by_token, unscreened = _word_index(words)
+    found = set(unscreened)
+    for tok in tokens:
+        hit = by_token.get(tok)
+        if hit:
+            found.update(hit)
+    out = []
+    for i in sorted(found):
+        need = _needs(words[i])
+        if need is None or all(r in tokens for r in need[0]):
+            out.append(i)
+    return out
 
 
 def _field(row: object, name: str) -> object:
@@ -204,9 +228,9 @@ class Group:
     def word(self, f: Facts) -> str | None:
         """The first of ``words`` the product's text mentions (same answer as
         ``mentions(f.text, words)``; the token test skips the regex for most words)."""
-        for term in self.words:
-            if _may_mention(f.tokens, term) and mentions(f.text, (term,)):
-                return term
+        for i in _candidates(f.tokens, self.words):
+            if mentions(f.text, (self.words[i],)):
+                return self.words[i]
         return None
 
     def reason(self, f: Facts) -> str | None:
@@ -215,12 +239,12 @@ class Group:
             return f"{f.product_type} (type)"
         if f.product_type in self.keep_types:
             return None
-        if self.keep_type_words and mentions(f.product_type, self.keep_type_words):
-            return None
         word = self.word(f)
         if word:
             return f"'{word}' in its name"
         if any(s in self.keep_categories for s in f.segments):
+            return None
+        if self.keep_type_words and mentions(f.product_type, self.keep_type_words):
             return None
         category = next((s for s in f.segments if s in self.categories), None)
         if category:
@@ -469,7 +493,8 @@ class CatalogueFilter:
         self._cols = {name: self._text_col(p, name, n) for name in
                       ("title", "category", "department", "product_type", "brand")}
         stock = p["in_stock"] if "in_stock" in p else pd.Series(True, index=p.index)
-        self._stock = np.array([_in_stock({"in_stock": v}) for v in stock], dtype=bool)
+        # a missing stock flag is not evidence of "sold out" (as in _in_stock)
+        self._stock = stock.astype(object).where(stock.notna(), True).astype(bool).to_numpy()
         self._dept_lower = np.array([d.lower() for d in self._cols["department"]], dtype=object)
         price = p["price"] if "price" in p else pd.Series(np.nan, index=p.index)
         self._price = pd.to_numeric(price, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
@@ -479,14 +504,20 @@ class CatalogueFilter:
     @staticmethod
     def _text_col(p: pd.DataFrame, name: str, n: int) -> np.ndarray:
         if name not in p:
-            return np.array([""] * n, dtype=object)
-        return np.array([v.strip() if isinstance(v, str) else "" for v in p[name]], dtype=object)
+            return np.full(n, "", dtype=object)
+        col = p[name]
+        is_str = col.map(type).eq(str).to_numpy()  # the scalar path reads non-strings as ""
+        out = np.full(n, "", dtype=object)
+        out[is_str] = col[is_str].str.strip().to_numpy(dtype=object)
+        return out
 
     def _unique_facts(self) -> tuple[np.ndarray, list[Facts]]:
         c = self._cols
-        keys = pd.Series(list(zip(c["title"], c["category"], c["department"], c["product_type"])), dtype=object)
+        sep = "\x1f"  # never in a catalogue field
+        keys = (pd.Series(c["title"], dtype=object) + sep + c["category"] + sep + c["department"] + sep
+                + c["product_type"])
         codes, uniques = pd.factorize(keys)
-        return codes, [facts(*k) for k in uniques]
+        return codes, [facts(*k.split(sep)) for k in uniques]
 
     def _per_facts(self, key: tuple[str, str], decide) -> np.ndarray:  # noqa: ANN001
         """A cached boolean column: ``decide(facts)`` over the unique facts, spread to rows."""
@@ -527,6 +558,13 @@ class CatalogueFilter:
             col = col | self._per_facts(("group", group.name), lambda f, g=group: g.reason(f) is not None)
         self._cache[key] = col
         return col
+
+    def warm(self) -> None:
+        """Compute every diet and food column now (app start-up), not on first use."""
+        for diet in known_diets():
+            self.rule_hits(diet)
+        self.food_ok(True)
+        self.food_ok(False)
 
     def mask(self, c: Constraints, *, item_budget: bool = True) -> np.ndarray:
         """True for the rows that break no hard constraint."""

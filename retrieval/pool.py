@@ -39,7 +39,6 @@ from .copurchase import CoPurchase
 GENERATORS: tuple[str, ...] = (
     "repeat", "cooc", "cooc_once", "type_cooc", "similar", "semantic", "profile", "type_popular", "role", "popular",
 )
-DAY_S = 86400.0
 
 
 # --- the data the generators and the ranker's features read -------------------------------
@@ -136,7 +135,7 @@ class CoStats:
         self.code_of_type[self.type_of_code[tk]] = np.flatnonzero(tk)
         self.item_n = items.counts.diagonal().astype(np.float64)
         self.type_n = types.counts.diagonal().astype(np.float64)
-        self._ctypes: dict[tuple[int, int], np.ndarray] = {}
+        self._ctypes: dict[tuple[int, int, float], np.ndarray] = {}
 
     # -- rows of the sparse tables ---------------------------------------------------------
     def _item_row(self, item: int) -> tuple[np.ndarray, np.ndarray]:
@@ -212,7 +211,7 @@ class CoStats:
     def complement_types(self, code: int, k: int, min_count: float = 5.0) -> np.ndarray:
         """The ``k`` type codes that go best with type ``code`` (NPMI, pairs seen at least
         ``min_count`` times), other types only."""
-        key = (int(code), int(k))
+        key = (int(code), int(k), float(min_count))
         if key not in self._ctypes:
             it = int(self.type_of_code[code]) if code >= 0 else -1
             if it < 0:
@@ -359,13 +358,21 @@ def _basket_rows(interactions: pd.DataFrame, catalogue: CatalogueArrays) -> pd.D
     known = rows.notna().to_numpy()
     tx = interactions.loc[known, ["user_id", "basket_id", "timestamp"]].copy()
     tx["row"] = rows[known].astype(np.int64).to_numpy()
-    tx["day"] = pd.to_datetime(tx["timestamp"]).astype("int64").to_numpy() / 1e9 / DAY_S
+    tx["day"] = days_of(tx["timestamp"])
     basket = tx["basket_id"].astype(str)
     fallback = "u" + tx["user_id"].astype(str) + "-" + np.floor(tx["day"]).astype(np.int64).astype(str)
     tx["basket"] = basket.where(basket != "", fallback)
     tx = tx.groupby(["user_id", "basket", "row"], sort=False, as_index=False)["day"].min()
     tx["type"] = catalogue.type_code[tx["row"].to_numpy()]
     return tx
+
+
+def days_of(timestamps: pd.Series) -> np.ndarray:
+    """Days since 1970 as floats, whatever the datetime unit (ns, us, s)."""
+    ts = pd.to_datetime(timestamps)
+    if getattr(ts.dt, "tz", None) is not None:
+        ts = ts.dt.tz_convert(None)
+    return ((ts - pd.Timestamp(0)) / pd.Timedelta(days=1)).to_numpy(dtype=np.float64)
 
 
 def _per_key(tx: pd.DataFrame, col: str, ucode: pd.Series, n_users: int):
@@ -463,7 +470,7 @@ def build_pool(data: RankerData, ctx: RankingContext, cfg: RankerConfig,
             add(once, "cooc_once", cfg.cooc_once_k)
         code = int(cat.type_code[a])
         if code >= 0:
-            comp_types += data.costats.complement_types(code, cfg.type_cooc_types).tolist()
+            comp_types += data.costats.complement_types(code, cfg.type_cooc_types, cfg.type_cooc_min_count).tolist()
     comp_types = list(dict.fromkeys(comp_types))
     add([_usual_or_best(data, user, t) for t in comp_types], "type_cooc")
     vectors = _vectors(data, ctx)

@@ -53,7 +53,6 @@ import pandas as pd
 from .config import RankerConfig
 from .copurchase import CoPurchase, baskets_of
 from .pool import (
-    DAY_S,
     GENERATORS,
     CatalogueArrays,
     CoStats,
@@ -64,6 +63,7 @@ from .pool import (
     UserRow,
     _vectors,
     build_pool,
+    days_of,
     exact_nearest,
 )
 
@@ -348,9 +348,20 @@ class Ranker:
             item.reasons = self._words(ctx, item, x)
 
     def _words(self, ctx: RankingContext, item: Ranked, x: np.ndarray) -> list[Reason]:
+        # a group whose evidence this request lacks (no query, no anchor, a guest) still
+        # moves the score through the trees' missing-value branches, but is no reason
+        absent = set()
+        if ctx.query_vec is None and "role" not in item.generators:
+            absent.add("query")
+        if not ctx.anchors:
+            absent |= {"together", "type_together", "similar"}
+        if ctx.user is None:
+            absent |= {"repeat", "type_repeat", "price"}
+        if ctx.profile_vec is None:
+            absent.add("profile")
         out = []
         for group, value in sorted(item.contributions.items(), key=lambda kv: (-kv[1], kv[0])):
-            if group == "base" or value < REASON_MIN:
+            if group == "base" or group in absent or value < REASON_MIN:
                 continue
             text = _phrase(group, x, ctx, item.row, self.data)
             if text:
@@ -425,6 +436,7 @@ class Query:
     targets: set[int]
     target_types: set[int]
     graded: bool
+    need_type: int = -1  # the type code a synthetic need names (-1: no need)
 
 
 def training_baskets(interactions: pd.DataFrame, extras: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -451,7 +463,7 @@ def popularity_of(interactions: pd.DataFrame, products: pd.DataFrame) -> np.ndar
 
 
 def _days(interactions: pd.DataFrame) -> np.ndarray:
-    return pd.to_datetime(interactions["timestamp"]).astype("int64").to_numpy() / 1e9 / DAY_S
+    return days_of(interactions["timestamp"])
 
 
 def _history_data(hist: pd.DataFrame, extras: dict, products: pd.DataFrame, embeddings: np.ndarray,
@@ -562,7 +574,12 @@ def _query_rows(q: Query, cfg: RankerConfig) -> tuple[np.ndarray, np.ndarray, di
     codes = q.data.catalogue.type_code[rows]
     sku = np.array([r in q.targets for r in rows.tolist()])
     typ = np.array([int(c) in q.target_types for c in codes.tolist()]) if q.graded else np.zeros(len(rows), bool)
-    y = np.where(sku, 2 if q.graded else 1, np.where(typ, 1, 0))
+    if q.need_type >= 0:
+        # what the shopper asked for comes first: a bought SKU of the named type is the
+        # best answer, every other target or target type is still relevant
+        y = np.where(sku & (codes == q.need_type), 2, np.where(sku | typ, 1, 0))
+    else:
+        y = np.where(sku, 2 if q.graded else 1, np.where(typ, 1, 0))
     return X, y, pool
 
 
@@ -634,20 +651,20 @@ def _add_needs(queries: list[Query], cfg: RankerConfig, rng: np.random.Generator
     """A share of the queries also carry a need: the embedded name of one target's product
     type, as a shopper's request would name it ("taco shells"). Without them the model
     would never see a query and could not learn what a match with the request is worth."""
-    chosen: list[tuple[Query, str]] = []
+    chosen: list[tuple[Query, str, int]] = []
     for q in queries:
         if rng.random() >= cfg.query_share:
             continue
         types = sorted(q.target_types) or sorted({int(q.data.catalogue.type_code[t]) for t in q.targets} - {-1})
         if types:
-            name = _label(q.data.catalogue.type_names[types[int(rng.integers(len(types)))]])
-            chosen.append((q, name))
-    names = sorted({n for _, n in chosen})
+            code = types[int(rng.integers(len(types)))]
+            chosen.append((q, _label(q.data.catalogue.type_names[code]), code))
+    names = sorted({n for _, n, _ in chosen})
     if not names:
         return
     vecs = dict(zip(names, np.asarray(encode(names), dtype=np.float32)))
-    for q, name in chosen:
-        q.ctx.query_vec, q.ctx.query = vecs[name], name
+    for q, name, code in chosen:
+        q.ctx.query_vec, q.ctx.query, q.need_type = vecs[name], name, code
 
 
 def _precompute_neighbours(queries: list[Query], cfg: RankerConfig) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -134,7 +134,7 @@ def _cut_unclosed(text: str) -> str:
 
 def _cut_fragment(text: str, lex: Lexicon) -> str:
     """At the 30-character cut, a last token of 1-2 letters is a broken word ("- O", "/N")."""
-    m = re.search(r"[\s/&:-]+([A-Za-z]{1,%d})$" % lex.fragment_max_len, text)
+    m = re.search(rf"[\s/&:-]+([A-Za-z]{{1,{lex.fragment_max_len}}})$", text)
     if m and m.group(1).lower() not in lex.keep_fragments and m.group(1).lower() not in lex.words:
         text = text[: m.start()]
     return text
@@ -361,7 +361,7 @@ def _strings(df: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndarray]:
     return codes, values
 
 
-def _per_combination(codes: list[np.ndarray], fn) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _per_combination(codes: list[np.ndarray], fn: Callable[..., str]) -> np.ndarray:
     """``fn(*codes_of_one_row)`` once per distinct combination of codes, spread to all rows."""
     key = np.zeros(len(codes[0]), dtype=np.int64)
     for c in codes:  # one int per combination (mixed radix), then a hash factorize
@@ -393,11 +393,14 @@ def display_titles(df: pd.DataFrame, source: str = "completejourney") -> pd.Seri
     else:
         p_codes, paths = _strings(df, "category")
         category = _per_combination([p_codes, t_codes, d_codes],
-                                    lambda p, t, d: category_of(paths[p], types[t], depts[d]))
+                                    lambda p, t, d: category_of(str(paths[p]), str(types[t]), str(depts[d])))
         c_codes, cats_index = pd.factorize(pd.Series(category, dtype=object))
         cats = np.asarray(cats_index, dtype=object)
-    names = _per_combination([t_codes, c_codes, d_codes],
-                             lambda t, c, d: sentence_case(product_name(types[t], cats[c], depts[d], lex), lex))
+
+    def name_of(t: int, c: int, d: int) -> str:
+        return sentence_case(product_name(str(types[t]), str(cats[c]), str(depts[d]), lex), lex)
+
+    names = _per_combination([t_codes, c_codes, d_codes], name_of)
     b_codes, brands = _strings(df, "brand")
     tiers = np.array([brand_tier(b, lex) for b in brands], dtype=object)[b_codes]
     s_codes, sizes = _strings(df, "size")

@@ -13,10 +13,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from conftest import REPO, free_port
 
 import app
 from assistant.feedback import FeedbackStore
-from conftest import REPO, free_port
 
 pytestmark = pytest.mark.browser
 
@@ -25,6 +25,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--no-first-run"]
 CREDS = ("merch", "browser-test-password")
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+PHONE = {"width": 390, "height": 844}
+AA_TEXT, AA_GRAPHICS = 4.5, 3.0  # WCAG 2.1 AA: 1.4.3 text, 1.4.11 non-text (the score bars)
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +59,9 @@ def shots(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def page(browser, url):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+def open_page(browser, url: str, **context_options):
+    """A fresh context on the app; yields the page, then checks it stayed on this machine."""
+    context = browser.new_context(**{"viewport": {"width": 1400, "height": 1000}, **context_options})
     page = context.new_page()
     page.set_default_timeout(30_000)
     remote: list[str] = []
@@ -70,6 +72,23 @@ def page(browser, url):
     yield page
     context.close()
     assert remote == [], f"the page reached outside the machine: {remote[:5]}"
+
+
+@pytest.fixture
+def page(browser, url):
+    yield from open_page(browser, url)
+
+
+@pytest.fixture
+def phone(browser, url):
+    """An iPhone-12-sized screen (390×844 CSS pixels), light mode."""
+    yield from open_page(browser, url, viewport=PHONE, is_mobile=True, has_touch=True, color_scheme="light")
+
+
+@pytest.fixture
+def dark_page(browser, url):
+    """The desktop layout with the system in dark mode (Gradio follows it)."""
+    yield from open_page(browser, url, color_scheme="dark")
 
 
 def money(text: str) -> float:
@@ -91,11 +110,12 @@ def test_shopper_chats_and_fills_the_cart(page, shots: Path):
     # the reply in the chat came first and names the same price
     assert f"${bundle_price:.2f}" in page.locator(".bubble-wrap, [role=log]").first.inner_text()
 
-    page.get_by_role("button", name="Add bundle to cart").first.click()
+    add_first = page.get_by_role("button", name=re.compile(r"^Add bundle 1, .+, to cart$"))
+    add_first.click()
     total = page.locator("#cart .ba-cart-total")
     total.wait_for(state="visible")
     assert money(total.inner_text()) == pytest.approx(bundle_price)
-    page.get_by_role("button", name="Add bundle to cart").first.click()
+    add_first.click()
     page.wait_for_function(
         "(want) => { const t = document.querySelector('#cart .ba-cart-total');"
         " return t && t.textContent.includes(want); }",
@@ -124,3 +144,190 @@ def test_merchandiser_signs_in_and_generates_bundles(page, shots: Path):
     assert page.get_by_text("preference_contribution").count() >= 1
     page.screenshot(path=str(shots / "merchandiser.png"), full_page=True)
     assert (shots / "merchandiser.png").stat().st_size > 10_000
+
+
+# --- mobile, dark mode, accessible names, the cart ------------------------------------------------
+
+# The contrast ratio of an element's text (or, for "fill", its background) against what is
+# painted behind it: semi-transparent layers are blended down to the first opaque one.
+CONTRAST_JS = """
+([selector, what]) => {
+  const parse = c => {
+    const m = c.match(/rgba?\\(([^)]+)\\)/);
+    if (!m) return null;
+    const p = m[1].split(/[\\s,\\/]+/).filter(Boolean).map(Number);
+    return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1];
+  };
+  const over = (top, bottom) => [0, 1, 2].map(i => top[i] * top[3] + bottom[i] * (1 - top[3])).concat([1]);
+  const behind = el => {
+    const layers = [];
+    for (let e = el; e; e = e.parentElement) {
+      const c = parse(getComputedStyle(e).backgroundColor);
+      if (c && c[3] > 0) { layers.push(c); if (c[3] >= 1) break; }
+    }
+    return layers.reverse().reduce((acc, layer) => over(layer, acc), [255, 255, 255, 1]);
+  };
+  const lum = c => {
+    const f = v => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+    return 0.2126 * f(c[0]) + 0.7152 * f(c[1]) + 0.0722 * f(c[2]);
+  };
+  const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
+  const els = [...document.querySelectorAll(selector)];
+  return els.map(el => {
+    if (what === "fill") {  // a bar's fill against its track
+      const fill = parse(getComputedStyle(el).backgroundColor);
+      return ratio(over(fill, behind(el.parentElement)), behind(el.parentElement));
+    }
+    const bg = el.parentElement ? behind(el) : [255, 255, 255, 1];
+    return ratio(over(parse(getComputedStyle(el).color), bg), bg);
+  });
+}
+"""
+# what the issue named (chips, savings, score bars) and the rest of a card's small print
+KEY_TEXT = (".ba-chip", ".ba-save", ".ba-price", ".ba-rank", ".ba-name", ".ba-bar-label", ".ba-bar-num",
+            ".ba-note", ".ba-why summary", ".ba-items li", ".ba-cart-total", ".ba-line-total", ".ba-line .ba-muted")
+
+
+def ask(page, text: str = "pasta night under $15, no dairy") -> None:
+    """Send a message and wait for the answer (a new assistant message, past "…")."""
+    before = page.locator("#chat [data-testid=bot]").count()
+    box = page.get_by_placeholder(re.compile("Taco night"))
+    box.fill(text)
+    box.press("Enter")
+    page.wait_for_function("(n) => { const b = document.querySelectorAll('#chat [data-testid=bot]');"
+                           " return b.length > n && !b[b.length - 1].textContent.trim().startsWith('…'); }",
+                           arg=before)
+    answer = page.locator("#chat [data-testid=bot]").last.inner_text()
+    try:
+        page.locator("#bundle-card-1 .ba-price").wait_for(state="visible", timeout=10_000)
+    except Exception as exc:
+        raise AssertionError(f"no bundle card after {text!r}; the answer was {answer!r}") from exc
+
+
+def card_name(page, rank: int) -> str:
+    return page.locator(f"#bundle-card-{rank} .ba-name").inner_text().strip()
+
+
+def add_to_cart(page, rank: int, times: int = 1) -> None:
+    name = card_name(page, rank)
+    button = page.get_by_role("button", name=f"Add bundle {rank}, {name}, to cart", exact=True)
+    for _ in range(times):
+        count = cart_count(page)
+        button.click()
+        page.wait_for_function("(n) => { const t = document.querySelector('#cart .ba-cart-title');"
+                               " return t && t.textContent.includes('(' + n + ')'); }", arg=count + 1)
+
+
+def cart_count(page) -> int:
+    found = re.search(r"\((\d+)\)", page.locator("#cart .ba-cart-title").inner_text())
+    return int(found.group(1)) if found else 0
+
+
+def cart_total(page) -> float:
+    return money(page.locator("#cart .ba-cart-total").inner_text())
+
+
+def assert_contrast(page, mode: str) -> None:
+    page.locator("#bundle-card-1 details summary").click()  # the score bars render inside
+    checked = 0
+    for selector in KEY_TEXT:
+        ratios = page.evaluate(CONTRAST_JS, [selector, "text"])
+        assert ratios, f"{mode}: nothing matched {selector}"
+        worst = min(ratios)
+        assert worst >= AA_TEXT, f"{mode}: {selector} text contrast {worst:.2f}:1 is under {AA_TEXT}:1"
+        checked += len(ratios)
+    fills = page.evaluate(CONTRAST_JS, [".ba-fill", "fill"])
+    assert fills and min(fills) >= AA_GRAPHICS, f"{mode}: score bar fill vs track {min(fills):.2f}:1"
+    assert checked >= 20
+
+
+def test_phone_shows_the_first_card_without_scrolling_past_the_chat(phone, shots: Path):
+    ask(phone)
+    add_to_cart(phone, 1)  # so the cart's text is measured too
+    phone.evaluate("() => window.scrollTo(0, 0)")
+    box = phone.locator("#bundle-card-1").bounding_box()  # viewport coordinates, page at the top
+    assert box is not None
+    # the card's name, price and savings line (its first ~90 px) are on the first screen
+    assert box["y"] + 90 <= PHONE["height"], f"the first card starts at {box['y']:.0f} px of {PHONE['height']}"
+    assert phone.locator("#bundle-card-1 .ba-price").is_visible()
+    # the persona line wraps inside the screen instead of being clipped
+    clipped = phone.evaluate("""() => [...document.querySelectorAll('.ba-persona-info, .ba-persona-info *')]
+        .filter(e => e.scrollWidth > e.clientWidth + 1 || e.getBoundingClientRect().right > innerWidth + 1).length""")
+    assert clipped == 0
+    assert_contrast(phone, "light")
+    phone.screenshot(path=str(shots / "mobile.png"), full_page=True)
+    assert (shots / "mobile.png").stat().st_size > 10_000
+
+
+def test_dark_mode_meets_wcag_aa_for_chips_savings_and_bars(dark_page, shots: Path):
+    ask(dark_page)
+    assert dark_page.evaluate("() => document.body.classList.contains('dark')"), "Gradio did not switch to dark"
+    add_to_cart(dark_page, 1)
+    assert_contrast(dark_page, "dark")
+    dark_page.wait_for_function("() => !document.querySelector('.toast-body')", timeout=15_000)
+    dark_page.screenshot(path=str(shots / "dark.png"), full_page=True)
+    assert (shots / "dark.png").stat().st_size > 10_000
+
+
+def test_buttons_name_their_bundle_and_the_chat_label_covers_no_message(phone):
+    page = phone  # one answer overfills the phone's shorter chat, so it scrolls
+    ask(page)
+    names = []
+    for rank in (1, 2, 3):
+        if not page.locator(f"#bundle-card-{rank} .ba-card").count():
+            continue
+        what = f"bundle {rank}, {card_name(page, rank)}"
+        for name in (f"Add {what}, to cart", f"Like {what}", f"Not for me: {what}"):
+            assert page.get_by_role("button", name=name, exact=True).count() == 1, name
+            names.append(name)
+    assert len(names) >= 6 and len(set(names)) == len(names)
+    # no two visible buttons share a name any more
+    shared = page.evaluate("""() => { const seen = {};
+        for (const b of document.querySelectorAll('button')) { if (!b.offsetParent) continue;
+          const n = (b.getAttribute('aria-label') || b.textContent).trim(); seen[n] = (seen[n] || 0) + 1; }
+        return Object.entries(seen).filter(([n, c]) => c > 1 && /cart|Like|Not for me/.test(n)); }""")
+    assert shared == []
+    # the "Assistant" label and the chat's icons sit above the scrolling messages, at any scroll
+    log = page.locator("#chat [role=log]")
+    assert page.evaluate("() => { const l = document.querySelector('#chat [role=log]');"
+                         " return l.scrollHeight > l.clientHeight; }"), "the chat did not fill up"
+    for position in ("0", "l.scrollHeight / 2", "l.scrollHeight"):
+        page.evaluate(f"() => {{ const l = document.querySelector('#chat [role=log]'); l.scrollTop = {position}; }}")
+        top = log.bounding_box()["y"]
+        for overlay in ("#chat label[data-testid=block-label]", "#chat .top-panel"):
+            for box in [page.locator(overlay).nth(i).bounding_box() for i in range(page.locator(overlay).count())]:
+                if box and box["height"] > 0:
+                    assert box["y"] + box["height"] <= top + 1, f"{overlay} overlaps the messages"
+
+
+def test_cart_lines_show_items_and_can_be_changed_or_removed(page):
+    ask(page)
+    first, second = card_name(page, 1), card_name(page, 2)
+    prices = {rank: money(page.locator(f"#bundle-card-{rank} .ba-price").inner_text()) for rank in (1, 2)}
+    items = {rank: page.locator(f"#bundle-card-{rank} .ba-item").all_inner_texts() for rank in (1, 2)}
+    add_to_cart(page, 1, times=2)
+    add_to_cart(page, 2)
+    lines = page.locator(".ba-line")
+    lines.nth(1).wait_for(state="visible")
+    assert [lines.nth(i).locator(".ba-name").inner_text() for i in (0, 1)] == [first, second]
+    assert lines.nth(0).locator(".ba-item").all_inner_texts() == items[1]  # a line shows its items
+    assert lines.nth(1).locator(".ba-item").all_inner_texts() == items[2]
+    assert lines.nth(0).locator(".ba-qty").inner_text() == "2"
+    assert cart_total(page) == pytest.approx(2 * prices[1] + prices[2], abs=0.011)
+
+    def wait_total(expected: float) -> None:
+        page.wait_for_function("(want) => { const t = document.querySelector('#cart .ba-cart-total');"
+                               " return t && t.textContent.includes(want); }", arg=f"${expected:,.2f}")
+
+    page.get_by_role("button", name=f"One more {second}", exact=True).click()  # quantity 1 -> 2
+    wait_total(2 * prices[1] + 2 * prices[2])
+    assert lines.nth(1).locator(".ba-qty").inner_text() == "2"
+    page.get_by_role("button", name=f"One less {first}", exact=True).click()  # 2 -> 1
+    wait_total(prices[1] + 2 * prices[2])
+    assert lines.nth(0).locator(".ba-qty").inner_text() == "1"
+    page.get_by_role("button", name=f"Remove {first} from the cart", exact=True).click()
+    wait_total(2 * prices[2])
+    page.wait_for_function("() => document.querySelectorAll('.ba-line').length === 1"
+                           " || [...document.querySelectorAll('.ba-line')].filter(e => e.offsetParent).length === 1")
+    visible = [n for n in page.locator(".ba-line .ba-name").all_inner_texts() if n]
+    assert visible[0] == second and cart_count(page) == 2

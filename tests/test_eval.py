@@ -302,3 +302,51 @@ def test_cli_rejects_unknown_variants_and_missing_data_dir(tmp_path: Path, capsy
     assert _cli("--protocol", "bundlerec-generation", "--variants", "rule,gpt") == 2
     assert _cli("--protocol", "bundlerec-generation", "--data-dir", str(tmp_path / "nope")) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_cli_generation_reports_pair_metrics_whole_session_and_the_best_baseline(
+        bundlerec_trimmed: Path, tmp_path: Path, work_dir: Path) -> None:
+    assert _cli("--protocol", "bundlerec-generation", "--data-dir", str(bundlerec_trimmed),
+                "--variants", "rule", "--out", str(tmp_path), "--work-dir", str(work_dir)) == 0
+    result = json.loads((tmp_path / "bundlerec-generation.json").read_text())
+    block = result["blocks"]["all"]
+    assert set(block["scores"]) == {"leaf-category", "category-overlap", "whole-session",
+                                    "rule-else-whole-session", "system:rule"}
+    whole = block["scores"]["whole-session"]
+    assert whole["pair_recall"]["mean"] == 1.0 and whole["bundles_per_session"] == 1.0
+    for row in block["scores"].values():
+        assert 0 <= row["pair_f1"]["mean"] <= 1 and 0 <= row["found_jaccard50"] <= 1
+        assert row["found_exact"] <= row["found_jaccard50"]
+    assert block["ground_truth_mean_bundle_size"] >= 2
+    best = block["best_baseline"]
+    assert best == max(block["baselines_by_main_metric"], key=lambda b: block["scores"][b]["pair_f1"]["mean"])
+    vs = block["vs_best_baseline"]["system:rule"]
+    assert vs["baseline"] == best and vs["metric"] == "pair_f1"
+    assert set(block["tests_vs_each_baseline"]["system:rule"]) == set(block["baselines_by_main_metric"])
+    md = (tmp_path / "bundlerec-generation.md").read_text()
+    assert "vs the best baseline" in md and "pair F1" in md
+
+
+def test_cli_dev_split_tunes_the_baselines_and_the_test_run_reads_the_choice(
+        bundlerec_trimmed: Path, tmp_path: Path, work_dir: Path) -> None:
+    common = ("--protocol", "bundlerec-completion", "--data-dir", str(bundlerec_trimmed), "--variants", "none",
+              "--out", str(tmp_path), "--work-dir", str(work_dir))
+    assert _cli(*common, "--tune-baselines") == 2  # only on the dev split
+    assert _cli(*common, "--split", "dev", "--tune-baselines") == 0
+    dev = json.loads((tmp_path / "bundlerec-completion-dev.json").read_text())
+    assert dev["evaluation_split"] == "dev" and dev["split"]["split"] == "dev"
+    choices = json.loads((tmp_path / "dev-choices.json").read_text())
+    entry = choices["bundlerec-completion"][bundlerec_trimmed.name]["seed=0"]
+    assert entry["choices"] == dev["tuning"]["choices"] == dev["baseline_choices"]["params"]
+    assert {"cooccurrence", "buy-again+cooccurrence", "itemknn"} == set(entry["grid"])
+
+    assert _cli(*common) == 0
+    test = json.loads((tmp_path / "bundlerec-completion.json").read_text())
+    assert test["evaluation_split"] == "test" and "tuning" not in test
+    assert test["baseline_choices"]["params"] == entry["choices"]
+    assert test["baseline_choices"]["source"].endswith("dev-choices.json")
+    assert test["index"]["train_fingerprint"] != dev["index"]["train_fingerprint"]
+    # another seed has no dev choice of its own: defaults, and the JSON says so
+    assert _cli(*common, "--seed", "1") == 0
+    other = json.loads((tmp_path / "bundlerec-completion.json").read_text())
+    assert other["baseline_choices"]["source"].startswith("defaults")

@@ -162,7 +162,8 @@ def test_template_reply_states_the_need_and_the_bundles(taco_bundles):
     assert template_reply(TACO_NEED, taco_bundles) == (
         "Here are 2 bundles for tacos for 4 (no dairy, under $25): Beef taco night for 4 and Chicken taco night for 4.")
     assert template_reply(None, taco_bundles[:1]) == "Here is 1 bundle: Beef taco night for 4."
-    assert template_reply(Need(occasion="breakfast", budget=12.5), []) == "No bundle fits for breakfast (under $12.50) yet."
+    assert template_reply(Need(occasion="breakfast", budget=12.5), []) == \
+        "No bundle fits for breakfast (under $12.50) yet."
     assert describe_need(Need(occasion="pasta", diets=["vegan"], add_roles=["drink"], healthier=True, days=7)) == [
         "pasta", "for a week", "vegan", "healthier", "+ drink"]
 

@@ -51,6 +51,7 @@ class Need(BaseModel):
     # what the parser could not place
     vague: bool = False  # no food/occasion/product signal: ask, don't guess
     nonsense: bool = False  # gibberish or emoji only
+    suggestion: str | None = None  # what an unreadable message may mean ("🍕" -> "pizza night"): offer it, never act on it
 
     def people(self) -> int:
         """Head count used for sizing: the stated servings, else one."""
