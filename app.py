@@ -15,6 +15,7 @@ that is not, whether it comes from the page or from ``gradio_client``.
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,6 +23,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # pyarrow's default allocator (jemalloc) kept growing under the web server's thread churn
 # (+85 MiB a minute at 20 sessions in bench/bench_load.py); the system one stays flat.
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+# Gradio reads GRADIO_SERVER_PORT with int() when it is imported; a bad value would end
+# `python app.py` in a traceback before main() could say what is wrong.
+for _name in ("GRADIO_SERVER_PORT", "BUNDLE_PORT"):
+    if __name__ == "__main__" and not os.environ.get(_name, "7860").strip().isdigit():
+        print(f"app.py: error: {_name}={os.environ[_name]!r} is not a port number", file=sys.stderr)
+        raise SystemExit(2)
 
 import argparse  # noqa: E402
 import errno  # noqa: E402
@@ -31,7 +38,6 @@ import html  # noqa: E402
 import logging  # noqa: E402
 import re  # noqa: E402
 import socket  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
@@ -853,7 +859,12 @@ def main(argv: list[str] | None = None) -> int:
     from retrieval.store import StoreUnavailable
     from retrieval.validation import PartialBuild
 
-    env = env_settings()  # BUNDLE_HOST/PORT, else Gradio's own GRADIO_SERVER_NAME/PORT
+    try:
+        env = env_settings()  # BUNDLE_HOST/PORT, else Gradio's own GRADIO_SERVER_NAME/PORT
+    except ValueError as exc:  # pydantic's ValidationError, e.g. GRADIO_SERVER_PORT=abc
+        first = exc.errors()[0] if hasattr(exc, "errors") else {}
+        return _fail(f"bad environment variable for {'.'.join(map(str, first.get('loc', ())))}: "
+                     f"{first.get('msg', exc)}")
     parser = argparse.ArgumentParser(
         description="Bundle assistant web app (Gradio)",
         epilog="With no index in the data dir the first start builds the Complete Journey index "

@@ -185,11 +185,15 @@ class BundleAssistant:
     def _vectors_of(self, ids: list[str]) -> dict[str, np.ndarray]:
         """Product embeddings by id, in one vectorised lookup (``Index.embeddings_of`` looks
         up one id at a time: ~10 µs each, and composition asks for ~1k per request)."""
-        index = self.index
-        rows = index.row_of.reindex(list(ids))
-        keep = rows.notna().to_numpy()
-        picked = [i for i, k in zip(ids, keep) if k]
-        return dict(zip(picked, index.item_embeddings[rows[keep].astype(int).to_numpy()]))
+        rows = self._row_positions()
+        picked = [i for i in ids if i in rows]
+        matrix = self.index.item_embeddings[np.fromiter((rows[i] for i in picked), dtype=np.int64, count=len(picked))]
+        return dict(zip(picked, matrix))
+
+    def _row_positions(self) -> dict[str, int]:
+        if self._rows is None:
+            self._rows = {str(p): i for i, p in enumerate(self.index.products["product_id"])}
+        return self._rows
 
     @property
     def composer(self) -> Composer:
@@ -389,9 +393,7 @@ class BundleAssistant:
         except ImportError:  # an older tree without the filters module
             return self._allowed(req)
         passing = mask(self.index.products, req.constraints)
-        if self._rows is None:
-            self._rows = {str(p): i for i, p in enumerate(self.index.products["product_id"])}
-        rows = self._rows
+        rows = self._row_positions()
         return lambda pid: (i := rows.get(pid)) is not None and bool(passing[i])
 
     def _allowed(self, req: _Request):

@@ -12,7 +12,8 @@ explain growth: live Python objects by type, threads, and how much RSS glibc han
 after a full collection and ``malloc_trim`` (growth that comes back there is allocator
 caching, not a leak).
 
-Growth is measured over the second half of the run (the first half fills caches,
+The object census is taken at the start, half-way and at the end; ``end_diag.grew_by_type``
+is what the second half added. Growth is measured over the second half of the run (the first half fills caches,
 allocator arenas and the model's buffers): flat means at most ``FLAT_MIB_PER_MIN``.
 Writes bench/results/<out>.json and prints it; exits 1 when memory did not stay flat.
 """
@@ -69,8 +70,7 @@ def diagnose(first: collections.Counter | None) -> dict:
     ``first``), threads; then RSS after gc.collect() and malloc_trim(0)."""
     before = _rss_mib()
     types = _types()
-    grew = {} if first is None else {
-        k: v - first.get(k, 0) for k, v in (types - first).most_common(12)}
+    grew = {} if first is None else dict((types - first).most_common(12))
     gc.collect()
     after_gc = _rss_mib()
     try:
@@ -107,8 +107,7 @@ def serve(args: argparse.Namespace) -> int:
         for line in sys.stdin:
             if line.strip() == "diag":
                 report = diagnose(first)
-                if first is None:
-                    first = _types()
+                first = _types()  # the next report's "grew_by_type" counts from here
                 print("DIAG " + json.dumps(report), flush=True)
         demo.close()
         store.close()
@@ -240,8 +239,12 @@ def main() -> int:
     worker = threading.Thread(target=run_session, args=(info["url"], persona, args.minutes * 60, session))
     t_run = time.perf_counter()
     worker.start()
+    mid_diag = None
     while worker.is_alive():
-        samples.append((round(time.perf_counter() - t_run, 1), rss_of(pid)))
+        now = round(time.perf_counter() - t_run, 1)
+        samples.append((now, rss_of(pid)))
+        if mid_diag is None and now >= args.minutes * 30:
+            mid_diag = ask_diag(proc)  # the second half's census starts here
         worker.join(args.sample_s)
     samples.append((round(time.perf_counter() - t_run, 1), rss_of(pid)))
     last_diag = ask_diag(proc)
@@ -261,7 +264,7 @@ def main() -> int:
         "server_start_s": started_s, "rss_after_start_mib": after_start,
         "rss_max_mib": max(r for _, r in samples), "rss_end_mib": samples[-1][1],
         "growth": g, "flat": flat, "flat_limit_mib_per_min": FLAT_MIB_PER_MIN,
-        "session": session, "start_diag": first_diag, "end_diag": last_diag,
+        "session": session, "start_diag": first_diag, "mid_diag": mid_diag, "end_diag": last_diag,
         "load_average_start": [round(x, 2) for x in load_start], "load_average_end": [round(x, 2) for x in load_end],
         "samples": samples,
     }

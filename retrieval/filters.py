@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import re
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -232,6 +232,9 @@ class Group:
             if mentions(f.text, (self.words[i],)):
                 return self.words[i]
         return None
+
+    def excludes(self, f: Facts) -> bool:
+        return self.reason(f) is not None
 
     def reason(self, f: Facts) -> str | None:
         """Why this group excludes the product (most specific evidence first), else None."""
@@ -479,6 +482,9 @@ def violations(row: object, constraints: Constraints, *, item_budget: bool = Tru
 # ---------------------------------------------------------------------------------------
 
 
+_WORD_COLUMN_AFTER = 500  # row-by-row checks of one exclusion word before its column is built
+
+
 class CatalogueFilter:
     """The hard constraints over one catalogue frame. Per-rule and per-word columns are
     computed on first use (over the unique titles/paths, not the 92k rows) and cached:
@@ -500,6 +506,7 @@ class CatalogueFilter:
         self._price = pd.to_numeric(price, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
         self._facts_codes, self._facts = self._unique_facts()
         self._cache: dict[tuple[str, str], np.ndarray] = {}
+        self._word_calls: dict[str, int] = {}
 
     @staticmethod
     def _text_col(p: pd.DataFrame, name: str, n: int) -> np.ndarray:
@@ -519,7 +526,7 @@ class CatalogueFilter:
         codes, uniques = pd.factorize(keys)
         return codes, [facts(*k.split(sep)) for k in uniques]
 
-    def _per_facts(self, key: tuple[str, str], decide) -> np.ndarray:  # noqa: ANN001
+    def _per_facts(self, key: tuple[str, str], decide: Callable[[Facts], bool]) -> np.ndarray:
         """A cached boolean column: ``decide(facts)`` over the unique facts, spread to rows."""
         col = self._cache.get(key)
         if col is None:
@@ -555,7 +562,7 @@ class CatalogueFilter:
             if len(codes):
                 col |= hit[codes]
         for group in load_rules().alias_groups(term):
-            col = col | self._per_facts(("group", group.name), lambda f, g=group: g.reason(f) is not None)
+            col = col | self._per_facts(("group", group.name), group.excludes)
         self._cache[key] = col
         return col
 
@@ -630,10 +637,21 @@ class CatalogueFilter:
         return True
 
     def _word_excluded(self, i: int, terms: list[str]) -> bool:
-        # a few mentions() calls beat building a catalogue-wide column for a new word
-        if any(mentions(self._cols[n][i], terms) for n in ("title", "category", "brand") if self._cols[n][i]):
-            return True
-        return any(self.word_hits(t)[i] for t in terms if load_rules().alias_groups(t))
+        """Same verdict as the word columns of :meth:`mask`. A new word is matched row by
+        row (a few mentions() calls beat a catalogue-wide column for one request); once a
+        word has been asked about often, its column is built and used."""
+        for term in terms:
+            col = self._cache.get(("word", term))
+            if col is None:
+                seen = self._word_calls[term] = self._word_calls.get(term, 0) + 1
+                if seen > _WORD_COLUMN_AFTER or load_rules().alias_groups(term):
+                    col = self.word_hits(term)
+            if col is not None:
+                if col[i]:
+                    return True
+            elif any(mentions(self._cols[n][i], (term,)) for n in ("title", "category", "brand") if self._cols[n][i]):
+                return True
+        return False
 
     def violations(self, product_id: str, c: Constraints, *, item_budget: bool = True) -> list[str]:
         row = self.row(product_id)
@@ -650,7 +668,11 @@ def for_catalogue(products: pd.DataFrame) -> CatalogueFilter:
     if hit is not None and hit[0]() is products:
         return hit[1]
     flt = CatalogueFilter(products)
-    _FILTERS[key] = (weakref.ref(products, lambda _, k=key: _FILTERS.pop(k, None)), flt)
+
+    def forget(_: weakref.ref) -> None:  # the frame is gone: so is its filter
+        _FILTERS.pop(key, None)
+
+    _FILTERS[key] = (weakref.ref(products, forget), flt)
     return flt
 
 

@@ -310,10 +310,11 @@ class UserHistory:
         keys = np.array(sorted(users.index.astype(str)), dtype=object)
         users = users.loc[keys]
         ucode = pd.Series(np.arange(len(keys)), index=keys)
-        item = _per_key(tx, "row", ucode, len(keys))
+        i_ptr, i_cols, i_stats = _per_key(tx, "row", ucode, len(keys))
         typed = tx[tx["type"] >= 0].drop_duplicates(["user", "basket", "type"])  # a type counts once a basket
-        types = _per_key(typed, "type", ucode, len(keys))
-        return cls(keys, *item, *types, users[["n", "first", "last", "price"]].to_numpy(dtype=np.float64))
+        t_ptr, t_cols, t_stats = _per_key(typed, "type", ucode, len(keys))
+        return cls(keys, i_ptr, i_cols, i_stats, t_ptr, t_cols, t_stats,
+                   users[["n", "first", "last", "price"]].to_numpy(dtype=np.float64))
 
     def row(self, key: str | None, catalogue: CatalogueArrays) -> UserRow | None:
         if key is None or not len(self.keys):

@@ -759,7 +759,7 @@ def _fit(Xs, ys, sizes, is_valid, cfg: RankerConfig):
 def _validation(ranker: ItemRanker, Xs, ys, is_valid) -> dict:
     """NDCG@10 (graded gains) of the model and of the fallback blend on the validation queries."""
     fallback = ItemRanker(None)
-    out = {"model": [], "fallback": []}
+    out: dict[str, list[float]] = {"model": [], "fallback": []}
     for X, y, v in zip(Xs, ys, is_valid):
         if not v or y.max() == 0:
             continue

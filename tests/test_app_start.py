@@ -63,6 +63,8 @@ def test_gradio_server_port_and_name_are_honoured(busy_port, tmp_path):
     assert_one_line(done, f"port {busy_port}")
     done, _ = run_app("--data-dir", str(tmp_path), GRADIO_SERVER_NAME="203.0.113.7")  # not this machine's
     assert_one_line(done, "cannot listen on 203.0.113.7")
+    done, _ = run_app("--data-dir", str(tmp_path), GRADIO_SERVER_PORT="abc")  # Gradio itself would crash
+    assert_one_line(done, "GRADIO_SERVER_PORT='abc' is not a port number")
 
 
 def test_listen_problem_sees_a_free_port_as_free(busy_port):

@@ -11,12 +11,11 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO, subprocess_env
 
 from assistant import reranker
 from retrieval import filters
 from retrieval.schema import Constraints
-
-from conftest import REPO, subprocess_env
 
 WORDS = ["cheese", "chicken", "milk", "ham", "bread", "soda", "sauce", "beef", "national", "private", "organic",
          "dairy", "nuts", "fish", "gluten", "pork", "egg", "sugar", "alcohol", "meat", "ice cream", "peanut butter",

@@ -4,7 +4,6 @@ fallback, itemised reasons that add up, and the one relevance signal downstream.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

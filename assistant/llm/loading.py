@@ -71,13 +71,16 @@ def load_llm(
     model: str | None = None,
     cache_dir: Path | str | None = None,
     device: str | None = None,
+    adapter: str | Path | None = None,
 ) -> LLM:
     """Load a causal LM.
 
     ``model``: None for the packaged SmolLM2 GGUF; a local folder; a local ``.gguf`` file
     (converted and cached like the default); or a hub id already in the local cache.
     ``cache_dir`` holds GGUF conversions (default ``$BUNDLE_MODEL_CACHE`` or the user
-    cache). ``device``: None picks CUDA when available, else CPU.
+    cache). ``device``: None picks CUDA when available, else CPU. ``adapter``: a LoRA
+    adapter folder (or the name of a shipped one, see :mod:`.adapter`) merged into the
+    weights after loading; None loads the base model as it is.
     """
     start = time.perf_counter()
     device = _resolve_device(device)
@@ -96,6 +99,11 @@ def load_llm(
         name = path.name if path.exists() else model
         source = str(path) if path.exists() else model
     hf_model, tokenizer = _load_pretrained(source, device)
+    if adapter is not None:
+        from .adapter import apply_adapter
+
+        hf_model, card = apply_adapter(hf_model, adapter)
+        name = f"{name}+{card.get('name', Path(adapter).name)}"
     return LLM(
         name=name,
         model=hf_model,
@@ -106,7 +114,7 @@ def load_llm(
     )
 
 
-_shared: dict[tuple[str | None, str | None, str | None], LLM] = {}
+_shared: dict[tuple[str | None, str | None, str | None, str | None], LLM] = {}
 _shared_lock = threading.Lock()
 
 
@@ -114,13 +122,16 @@ def get_llm(
     model: str | None = None,
     cache_dir: Path | str | None = None,
     device: str | None = None,
+    adapter: str | Path | None = None,
 ) -> LLM:
     """:func:`load_llm`, memoised per process so every web session shares one model.
 
-    A failed load is not remembered, so a later call retries.
+    A failed load is not remembered, so a later call retries. The base and the base with
+    an adapter are separate entries (each its own copy of the weights).
     """
-    key = (model, None if cache_dir is None else str(cache_dir), device)
+    key = (model, None if cache_dir is None else str(cache_dir), device,
+           None if adapter is None else str(adapter))
     with _shared_lock:
         if key not in _shared:
-            _shared[key] = load_llm(model, cache_dir, device)
+            _shared[key] = load_llm(model, cache_dir, device, adapter)
         return _shared[key]

@@ -51,7 +51,8 @@ class Need(BaseModel):
     # what the parser could not place
     vague: bool = False  # no food/occasion/product signal: ask, don't guess
     nonsense: bool = False  # gibberish or emoji only
-    suggestion: str | None = None  # what an unreadable message may mean ("🍕" -> "pizza night"): offer it, never act on it
+    # what an unreadable message may mean ("🍕" -> "pizza night"): offered, never acted on
+    suggestion: str | None = None
 
     def people(self) -> int:
         """Head count used for sizing: the stated servings, else one."""

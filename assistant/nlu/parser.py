@@ -139,7 +139,8 @@ def lexicon() -> Lexicon:
     }
     occasion_of = {p: o.key for o in occasions.values() for p in o.phrases}
     numbers = {fold(k): int(v) for k, v in raw["numbers"].items()}
-    tens = r"(?:twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety)[- ](?:one|two|three|four|five|six|seven|eight|nine)"
+    tens = (r"(?:twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety)"
+            r"[- ](?:one|two|three|four|five|six|seven|eight|nine)")
     num = rf"(?:\d{{1,4}}|{tens}|{_alternation(numbers)})"
     diets = {fold(k): v for k, v in raw["diets"].items()}
     durations = {fold(k): int(v) for k, v in raw["durations"].items()}
@@ -247,7 +248,8 @@ _CUE_BEFORE = (
     r"(?:por\s+)?menos\s+de|maximo(?:\s+de)?|hasta|presupuesto(?:\s+de)?|gastar(?:\s+(?:unos|hasta))?|"
     r"no\s+mas\s+de|bajo)"
 )
-_CUE_AFTER = r"(?:budget|or\s+(?:less|under|below)|max(?:imum)?|tops|limit|total|de\s+presupuesto|maximo|como\s+maximo)"
+_CUE_AFTER = (r"(?:budget|or\s+(?:less|under|below|so)|max(?:imum)?|at\s+most|tops|limit|total|de\s+presupuesto|maximo"
+              r"|como\s+maximo)")
 _SPEND_BEFORE_RE = re.compile(rf"\b{_CUE_BEFORE}\s*(?P<a>{_AMOUNT})")
 _SPEND_AFTER_RE = re.compile(rf"(?P<a>{_AMOUNT})\s*(?:-\s*)?{_CUE_AFTER}\b")
 _FOR_AMOUNT_RE = re.compile(rf"(?<![\w$])(?:for|para|por)\s+(?P<a>{_AMOUNT})(?!\s*(?:each|apiece|per|a\s+piece|off))")
@@ -278,18 +280,18 @@ def amount(text: str) -> float | None:
 
 def _take_money(t: _Text) -> list[float]:
     """Amounts about the shopper's spending (see the module docstring), cut from the text."""
-    found: list[tuple[re.Match[str], float]] = []
+    values: list[float] = []
     for pattern in (_SPEND_BEFORE_RE, _SPEND_AFTER_RE, _FOR_AMOUNT_RE, _STANDALONE_RE):
+        found: list[re.Match[str]] = []
         for m in pattern.finditer(t.s):
             if pattern is not _SPEND_BEFORE_RE and _PRICE_STATEMENT_RE.search(t.s[: m.start("a")]):
                 continue
             value = amount(m.group("a"))
             if value is not None and 0 < value <= MAX_BUDGET:
-                found.append((m, value))
-        t.cut(m for m, _ in found)
-        if found:
-            break  # the strongest cue wins; weaker readings of the same text are not tried
-    return [v for _, v in found]
+                found.append(m)
+                values.append(value)
+        t.cut(found)  # cut: a weaker pattern never reads the same amount again
+    return values
 
 
 # ---------------------------------------------------------------------------------------
@@ -302,9 +304,11 @@ _MARGIN_RE = re.compile(
     r"|(?P<v2>\d+(?:\.\d+)?)\s*(?:%|percent)\s*(?:\+\s*)?(?:gross\s+)?margins?\b"
 )
 _ITEMS = r"(?:items?|products?|things|articulos|productos)"
-_RANGE_ITEMS_RE = re.compile(rf"\b(?:between\s+)?(?P<lo>\d{{1,2}})\s*(?:-|–|to|and|or|a)\s*(?P<hi>\d{{1,2}})\s*{_ITEMS}\b")
-_MAX_ITEMS_RE = re.compile(rf"\b(?:up\s+to|at\s+most|max(?:imum)?(?:\s+of)?|no\s+more\s+than)\s*(?P<n>\d{{1,2}})\s*{_ITEMS}\b")
-_MIN_ITEMS_RE = re.compile(rf"\b(?:at\s+least|min(?:imum)?(?:\s+of)?|no\s+fewer\s+than)\s*(?P<n>\d{{1,2}})\s*{_ITEMS}\b")
+_N_ITEMS = rf"(?P<n>\d{{1,2}})\s*{_ITEMS}\b"
+_RANGE_ITEMS_RE = re.compile(
+    rf"\b(?:between\s+)?(?P<lo>\d{{1,2}})\s*(?:-|–|to|and|or|a)\s*(?P<hi>\d{{1,2}})\s*{_ITEMS}\b")
+_MAX_ITEMS_RE = re.compile(rf"\b(?:up\s+to|at\s+most|max(?:imum)?(?:\s+of)?|no\s+more\s+than)\s*{_N_ITEMS}")
+_MIN_ITEMS_RE = re.compile(rf"\b(?:at\s+least|min(?:imum)?(?:\s+of)?|no\s+fewer\s+than)\s*{_N_ITEMS}")
 _EXACT_ITEMS_RE = re.compile(rf"\b(?P<n>\d{{1,2}})\s*-?\s*{_ITEMS}\b")
 
 
@@ -319,9 +323,10 @@ def _take_margin(t: _Text) -> float | None:
 
 def _take_items(t: _Text) -> tuple[int | None, int | None]:
     for m in t.take(_RANGE_ITEMS_RE):
-        lo, hi = sorted((int(m.group("lo")), int(m.group("hi"))))
-        return lo, hi
-    lo = hi = None
+        low, high = sorted((int(m.group("lo")), int(m.group("hi"))))
+        return low, high
+    lo: int | None = None
+    hi: int | None = None
     for m in t.take(_MAX_ITEMS_RE):
         hi = int(m.group("n"))
     for m in t.take(_MIN_ITEMS_RE):
@@ -344,8 +349,8 @@ def _take_placement(t: _Text) -> str | None:
 
 def _take_days(t: _Text) -> int | None:
     lex = lexicon()
-    m = re.search(rf"\b(?:for\s+|para\s+|over\s+)?(?:the\s+next\s+)?(?P<n>{lex.num})\s+(?P<u>days?|nights?|dias?|noches?"
-                  rf"|weeks?|semanas?)\b", t.s)
+    m = re.search(rf"\b(?:for\s+|para\s+|over\s+)?(?:the\s+next\s+)?(?P<n>{lex.num})\s+"
+                  rf"(?P<u>days?|nights?|dias?|noches?|weeks?|semanas?)\b", t.s)
     if m:
         n = number(m.group("n"))
         if n is not None and 0 < n <= 90:
@@ -385,7 +390,8 @@ def _take_servings(t: _Text) -> int | None:
 # Diets, exclusions, inclusions
 # ---------------------------------------------------------------------------------------
 
-_ITEM = r"[a-z][a-z'&-]*(?:\s+(?!and\b|or\b|nor\b|y\b|o\b|for\b|para\b|under\b|with\b|con\b|please\b)[a-z][a-z'&-]*)?"
+_ITEM = (r"[a-z][a-z'&-]*(?:\s+(?!and\b|or\b|nor\b|ni\b|y\b|o\b|for\b|para\b|under\b|with\b|con\b|sin\b|no\b"
+         r"|please\b)[a-z][a-z'&-]*)?")
 _EXCLUSION_RE = re.compile(
     rf"\b(?:but\s+)?(?:no|without|w/o|minus|excluding|exclude|avoid(?:ing)?|hold\s+the|skip(?:\s+the)?|nothing\s+with|"
     rf"none\s+of|free\s+of|allergic\s+to|intolerant\s+to|can'?t\s+(?:eat|have)|(?:do\s+not|don'?t)\s+(?:want|like|eat)|"
@@ -394,7 +400,8 @@ _EXCLUSION_RE = re.compile(
 )
 _FREE_RE = re.compile(r"\b(?P<item>[a-z][a-z]+)[- ]free\b")
 _FREE_LIST_RE = re.compile(r"\b(?P<items>[a-z]+(?:\s*(?:,|&|\band\b|\bor\b)\s*[a-z]+)+)[- ]free\b")
-_REFINEMENT_RES = (_CHEAPER_RE, _HEALTHIER_RE, _BIGGER_RE, _SMALLER_RE, _RESET_RE, _REPLACE_NEED_RE, *_MORE_LIKE_PATTERNS)
+_REFINEMENT_RES = (_CHEAPER_RE, _HEALTHIER_RE, _BIGGER_RE, _SMALLER_RE, _RESET_RE, _REPLACE_NEED_RE,
+                   *_MORE_LIKE_PATTERNS)
 
 
 def _free_lists(text: str) -> str:
@@ -410,7 +417,8 @@ _INCLUDE_RE = re.compile(
     rf"\b(?:with|including|plus|con|incluye(?:ndo)?|and\s+some)\s+(?:a\s+|an\s+|some\s+|un\s+|una\s+|el\s+|la\s+)?"
     rf"(?P<items>{_ITEM}(?:\s*(?:,\s*)?(?:and|or|y|o|,)\s+(?:a\s+|an\s+|some\s+)?{_ITEM})*)"
 )
-_ADD_RE = re.compile(r"\b(?:add|agrega(?:r)?|anade|anadir|throw\s+in|include)\s+(?:a\s+|an\s+|some\s+|un\s+|una\s+|unos\s+|"
+_ADD_RE = re.compile(r"\b(?:add|agrega(?:r)?|anade|anadir|throw\s+in|include)\s+"
+                     r"(?:a\s+|an\s+|some\s+|un\s+|una\s+|unos\s+|"
                      r"the\s+)?(?P<item>[a-z][a-z'-]*(?:\s+[a-z][a-z'-]*)?)")
 _SPLIT_ITEMS_RE = re.compile(r"\s*(?:,\s*)?(?:\bor\b|\band\b|\bnor\b|\bni\b|\bo\b|\by\b|,)\s*")
 _STOP_AFTER_ITEM = re.compile(r"\s+(?:please|thanks|today|tonight|too|also|instead|only)$")
@@ -422,6 +430,11 @@ def _english(word: str) -> str:
     return lexicon().spanish.get(w, w)
 
 
+# A second word that names the need, not the item: "no dairy tacos" excludes dairy.
+_NEED_WORDS = frozenset("dinner dinners lunch lunches breakfast snacks snack party night meal meals food recipe "
+                        "recipes ideas options stuff things bundle bundles please cena comida".split())
+
+
 def _items(raw: str) -> list[str]:
     items = []
     for part in _SPLIT_ITEMS_RE.split(raw):
@@ -429,6 +442,9 @@ def _items(raw: str) -> list[str]:
         part = re.sub(r"^(?:a|an|some|any|the|more|un|una|el|la|los|las)\s+", "", part)
         if not part or part in _NOT_AN_EXCLUSION or part.split()[0] in _NOT_AN_EXCLUSION:
             continue
+        words = part.split()
+        if len(words) == 2 and (words[1] in _NEED_WORDS or words[1] in lexicon().occasion_of):
+            part = words[0]
         items.append(_english(part))
     return items
 
