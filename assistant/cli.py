@@ -165,6 +165,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "them in OUT/dev-choices.json, which later runs read")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("train-llm", help="LoRA-tune the packaged SmolLM2 on tasks mined from training data",
+                       description="Mine grouping, naming and need-extraction examples from the BundleRec training "
+                                   "split of seed 0 (never a test session) and the need lexicon, train a LoRA "
+                                   "adapter, and write it with its card (data fingerprint, seed, commit, steps, "
+                                   "loss curve).")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="BundleRec-layout folder (default: the shared Electronic data)")
+    p.add_argument("--out", type=Path, default=Path("adapters/smollm2-bundles"), help="adapter folder to write")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="optimizer steps (default: 60 on the CPU subset; one epoch on the full set)")
+    p.add_argument("--subset", type=_positive_int, default=None,
+                   help="train on N examples (default: 240 on CPU, the documented subset; all on a GPU)")
+    p.add_argument("--full", action="store_true", help="train on the full mined set even on CPU")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=_positive_float, default=None)
+    p.add_argument("--no-dev-holdout", action="store_true",
+                   help="also train on the dev sessions of the training split (then no clean place is left to "
+                        "measure the tuned model)")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("feedback", help="the feedback event store")
     fsub = p.add_subparsers(dest="feedback_command", metavar="ACTION")
     fsub.required = True
@@ -420,6 +440,27 @@ def _eval_scenarios(args) -> int:
     return 0
 
 
+def cmd_train_llm(args) -> int:
+    import torch
+
+    from retrieval.sources import DEFAULT_BUNDLEREC
+
+    from .llm import tuning
+
+    data = args.data_dir or DEFAULT_BUNDLEREC
+    if not data.is_dir():
+        raise CLIError(f"--data-dir {data} is not a folder (a BundleRec-layout folder, e.g. .../electronic)")
+    gpu = torch.cuda.is_available()
+    n = None if (args.full or (gpu and args.subset is None)) else (args.subset or tuning.CPU_SUBSET)
+    card = tuning.run_training(data, args.out, steps=args.steps, n_subset=n, seed=args.seed,
+                               lr=args.lr or tuning.LR, holdout_dev=not args.no_dev_holdout,
+                               progress=not args.json)
+    t = card["training"]
+    _emit(args, card, f"wrote {args.out} ({t['examples']} examples, {t['steps']} steps, {t['seconds']:.0f} s on "
+                      f"{t['device']}; loss {t['losses'][0]:.3f} -> {t['losses'][-1]:.3f}); card: {args.out}/CARD.md")
+    return 0
+
+
 def cmd_feedback(args) -> int:
     from .feedback import FeedbackStore
 
@@ -449,7 +490,7 @@ def cmd_forget(args) -> int:
 
 COMMANDS = {"index": cmd_index, "profile": cmd_profile, "search": cmd_search, "recommend": cmd_recommend,
             "ideas": cmd_ideas,
-            "eval": cmd_eval, "feedback": cmd_feedback, "forget": cmd_forget}
+            "eval": cmd_eval, "train-llm": cmd_train_llm, "feedback": cmd_feedback, "forget": cmd_forget}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

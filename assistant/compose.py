@@ -536,7 +536,7 @@ class Composition:
     need: Need
     ranked: dict[str, list[str]]
     keep: list[tuple[Role, list[RoleSpec]]]  # core roles with their available options
-    optional: list[tuple[Role, RoleSpec]]
+    optional: list[tuple[Role, RoleSpec]]  # every available option of each optional role
     portions: int | None
     budget: float | None
 
@@ -624,7 +624,7 @@ class Composer:
 
     def build(self, choice: Sequence[tuple[Role, RoleSpec]], optional: Sequence[tuple[Role, RoleSpec]],
               ranked: Mapping[str, list[str]], n: int | None, budget: float | None,
-              forced: Mapping[str, str] | None = None) -> list[ComposedItem] | None:
+              forced: Mapping[str, str] | None = None, variant: int = 0) -> list[ComposedItem] | None:
         """Products and quantities for one combination of options; None when it cannot be
         filled or cannot meet the budget."""
         slots = self._with_companions(choice)
@@ -644,7 +644,16 @@ class Composer:
             items = self._fit_budget(items, slots, ranked, n, budget)
             if items is None:
                 return None
-        return self._add_optional(items, optional, ranked, n, budget, used)[:MAX_ITEMS]
+        return self._add_optional(items, self._rotate(optional, variant), ranked, n, budget, used)[:MAX_ITEMS]
+
+    @staticmethod
+    def _rotate(optional: Sequence[tuple[Role, RoleSpec]], variant: int) -> list[tuple[Role, RoleSpec]]:
+        """One option per optional role: the ``variant``-th (the n-th alternative shown takes
+        the n-th extra), so that extras do not make every alternative look alike."""
+        by_role: dict[str, list[tuple[Role, RoleSpec]]] = {}
+        for role, spec in optional:
+            by_role.setdefault(role.name, []).append((role, spec))
+        return [opts[variant % len(opts)] for opts in by_role.values()]
 
     def _with_companions(self, choice: Sequence[tuple[Role, RoleSpec]]) -> list[tuple[Role, RoleSpec]]:
         out = list(choice)
@@ -710,7 +719,7 @@ class Composer:
         core = [r for r in plan.roles if not r.optional]
         keep = [(r, opts) for r in core
                 if (opts := [o for o in r.options if ranked.get(o.key)][:OPTIONS_PER_ROLE])]
-        optional = [(r, o) for r in plan.roles if r.optional for o in r.options[:1] if ranked.get(o.key)]
+        optional = [(r, o) for r in plan.roles if r.optional for o in r.options if ranked.get(o.key)]
         return Composition(plan=plan, need=need, ranked=ranked, keep=keep, optional=optional,
                            portions=portions(need, plan.meal, plan.default_servings), budget=budget)
 
@@ -739,7 +748,7 @@ class Composer:
             guess = {self._kind(ranked[s.key][0], s) for _, s in self._with_companions(choice)}
             if any(jaccard(guess, b.types) > max_jaccard for b in picked):
                 continue  # cheap check before building: these kinds already overlap too much
-            items = self.build(choice, optional, ranked, n, budget)
+            items = self.build(choice, optional, ranked, n, budget, variant=len(picked))
             if items is None or len(items) < 2:
                 continue
             kinds = sorted({self._kind(i.product_id, None, i.option) for i in items})

@@ -237,6 +237,45 @@ def test_cli_recommend_parse_json_keeps_fields_and_adds_need(cj_slice_dir):
             assert {"product_id", "title", "price", "quantity"} <= set(item)
 
 
+class PickingLLM:
+    """A model that answers every bundle prompt with candidates 1-3 and 4-6 (valid JSON
+    within the schema): enough to see what the core keeps of an LLM's proposal."""
+
+    name, device = "picking", "cpu"
+
+    def __init__(self):
+        self.calls = 0
+
+    def generate_structured(self, messages, output_type, max_new_tokens=160, timeout_s=20.0, temperature=0.0):
+        from assistant.llm import Structured
+
+        self.calls += 1
+        numbers = re.findall(r"^(\d+): ", messages[-1]["content"], flags=re.M)
+        bundles = [{"name": "Tasty candidates profile", "item_ids": numbers[0:3], "reason": "goes well"},
+                   {"name": "Second", "item_ids": numbers[3:6], "reason": "also good"}]
+        raw = json.dumps({"bundles": bundles})
+        return Structured(raw=raw, parsed=output_type.model_validate_json(raw), parse_error="", new_tokens=40,
+                          seconds=0.1, timed_out=False)
+
+
+def test_llm_proposals_are_snapped_onto_the_roles(cj_slice_dir, embedder):
+    from assistant.service import BundleAssistant
+    from retrieval.config import Settings
+
+    llm = PickingLLM()
+    assistant = BundleAssistant(Settings(data_dir=cj_slice_dir, chroma_url=None), embedder=embedder, llm=llm)
+    rec = assistant.recommend_text("pasta night for two", k=3, mode="llm+rule")
+    assert llm.calls == 1 and rec.bundles and rec.llm.valid >= 1
+    catalogue = assistant.index.catalogue
+    for b in rec.bundles:
+        assert "candidates" not in b.name.lower() and "profile" not in b.name.lower()  # names are the core's
+        assert set(re.findall(r"[a-z&'-]+", b.name.lower())) <= _name_vocabulary()
+        listed = sum(float(catalogue.at[i.product_id, "price"]) * i.quantity for i in b.items)
+        assert b.list_price == pytest.approx(listed, abs=0.011)
+    for a, b in combinations(rec.bundles, 2):
+        assert jaccard(_types(assistant, a), _types(assistant, b)) <= MAX_TYPE_JACCARD
+
+
 def test_no_llm_recommend_is_fast(cj_assistant):
     import time
 

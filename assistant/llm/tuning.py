@@ -42,13 +42,13 @@ TASKS = ("grouping", "naming", "need")
 # The CPU subset: what `train-llm` trains on by default (documented in the README). Its
 # size was picked so that one run fits 60 minutes on 2 idle CPU cores.
 CPU_SUBSET = 240
-CPU_STEPS = 60
+CPU_STEPS = 60  # CPU_SUBSET / BATCH: one pass
 BATCH = 4
 MAX_TOKENS = 448  # longer examples are dropped, never cut (a cut answer teaches bad JSON)
 CPU_MAX_ITEMS = 8  # sessions with more items make prompts too long for the CPU budget
 TASK_SHARE = {"grouping": 0.5, "naming": 0.25, "need": 0.25}
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
-RANK, ALPHA, LR = 8, 16, 1e-3
+RANK, ALPHA, LR = 8, 16, 2e-3
 NAME_MAX = 32  # as assistant.proposer.NAME_MAX: the schema's limit for a bundle name
 GROUP_MAX_SIZE = 4  # as Settings().llm.max_bundle_size
 GROUP_MAX_ITEMS = 40  # as assistant.grouping.MAX_ITEMS
@@ -369,8 +369,9 @@ def examples_fingerprint(examples: Sequence[Example]) -> str:
     return h.hexdigest()
 
 
-def training_split(data_path: Path | str, seed: int = 0, holdout_dev: bool = True) -> tuple[Any, dict]:
-    """The BundleRec training data an adapter may learn from, and what it is.
+def training_split(data_path: Path | str, seed: int = 0, holdout_dev: bool = True) -> tuple[Any, dict, list[Any]]:
+    """The BundleRec training data an adapter may learn from, what it is, and the splits
+    held out from it (the test split, and the dev split with ``holdout_dev``).
 
     Always the training part of ``bundlerec_generation(ds, seed)`` (no test session, no
     test bundle). With ``holdout_dev`` its seeded dev share is held out as well, so the
@@ -385,21 +386,38 @@ def training_split(data_path: Path | str, seed: int = 0, holdout_dev: bool = Tru
             "outer_test_sessions": outer.info["test_sessions"],
             "outer_train_fingerprint": P.train_fingerprint(outer.train)}
     if not holdout_dev:
-        return outer.train, {**info, "split": "train", "train_fingerprint": info["outer_train_fingerprint"]}
+        return outer.train, {**info, "split": "train", "train_fingerprint": info["outer_train_fingerprint"]}, [outer]
     dev = P.bundlerec_generation_dev_of(outer, seed)
     info.update(split="train minus dev", dev_sessions=dev.info["test_sessions"],
                 train_fingerprint=P.train_fingerprint(dev.train))
-    return dev.train, info
+    return dev.train, info, [outer, dev]
+
+
+def without_held_out(examples: Sequence[Example], held_out: Sequence[Any]) -> tuple[list[Example], int]:
+    """``examples`` minus any whose sources meet a held-out split's cases.
+
+    Session and bundle ids never meet (the protocol removes them); what can is an item
+    set: BundleRec labels some identical item sets twice, in a training and in a held-out
+    session. Such an example is dropped, so the adapter passes the strictest check."""
+    from .adapter import split_keys
+
+    keys: set[str] = set()
+    for split in held_out:
+        keys |= split_keys(split)
+    kept = [e for e in examples if not keys & set(e.sources)]
+    return kept, len(examples) - len(kept)
 
 
 def mine(train_ds: Any, seed: int, *, max_items: int = GROUP_MAX_ITEMS, need_examples: int = NEED_EXAMPLES,
-         info: dict | None = None) -> TrainingSet:
-    """Every example of the three tasks from ``train_ds`` and the need/role vocabulary."""
+         info: dict | None = None, held_out: Sequence[Any] = ()) -> TrainingSet:
+    """Every example of the three tasks from ``train_ds`` and the need/role vocabulary,
+    minus those that meet a ``held_out`` split (:func:`without_held_out`)."""
     examples = (mine_grouping(train_ds, max_items=max_items) + mine_bundle_naming(train_ds)
                 + mine_role_naming(seed) + mine_needs(need_examples, seed))
+    examples, dropped = without_held_out(examples, held_out)
     counts = Counter(e.task for e in examples)
     return TrainingSet(examples, {**(info or {}), "mined": dict(sorted(counts.items())),
-                                  "max_session_items": max_items})
+                                  "dropped_meeting_held_out": dropped, "max_session_items": max_items})
 
 
 def subset(examples: Sequence[Example], n: int | None, seed: int,
@@ -646,10 +664,10 @@ def run_training(
     full = n_subset is None
     max_items = max_items or (GROUP_MAX_ITEMS if full else CPU_MAX_ITEMS)
     max_tokens = max_tokens or (4096 if full else MAX_TOKENS)
-    train_ds, info = training_split(data_path, seed=split_seed, holdout_dev=holdout_dev)
-    mined = mine(train_ds, seed, max_items=max_items, need_examples=NEED_EXAMPLES, info=info)
+    train_ds, info, held_out = training_split(data_path, seed=split_seed, holdout_dev=holdout_dev)
+    mined = mine(train_ds, seed, max_items=max_items, need_examples=NEED_EXAMPLES, info=info, held_out=held_out)
     chosen = subset(mined.examples, n_subset, seed)
-    steps = steps or (CPU_STEPS if not full else max(1, math.ceil(len(chosen) / batch)))
+    steps = steps or max(1, math.ceil(len(chosen) / batch))  # one pass (CPU subset: 240 / 4 = 60 steps)
     if not full:
         torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     llm = load_llm(model, device=device)
