@@ -30,6 +30,51 @@ for _name in ("GRADIO_SERVER_PORT", "BUNDLE_PORT"):
         print(f"app.py: error: {_name}={os.environ[_name]!r} is not a port number", file=sys.stderr)
         raise SystemExit(2)
 
+import ctypes  # noqa: E402
+import threading  # noqa: E402
+
+
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+    except OSError:  # not glibc (macOS, musl): nothing to tune
+        return None
+
+
+MALLOC_ARENAS = 2
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def cap_malloc_arenas(n: int = MALLOC_ARENAS) -> None:
+    """glibc gives each allocating thread an arena of its own (up to 8 per core). The web
+    server's worker threads, torch's and the tokenizers' then keep freed memory spread over
+    many arenas, and the app's RSS crept up during long LLM chats (bench/bench_memory.py).
+    Called before any of those threads start; an explicit MALLOC_ARENA_MAX wins."""
+    libc = _glibc()
+    if libc is not None and "MALLOC_ARENA_MAX" not in os.environ:
+        libc.mallopt(M_ARENA_MAX, n)
+
+
+def start_memory_trimmer(every_s: float = 60.0) -> threading.Thread | None:
+    """Hand memory freed by finished requests back to the system once a minute
+    (``malloc_trim``): an LLM turn allocates and frees hundreds of MiB outside Python."""
+    libc = _glibc()
+    if libc is None:
+        return None
+
+    def trim() -> None:
+        while True:
+            time.sleep(every_s)
+            libc.malloc_trim(0)
+
+    thread = threading.Thread(target=trim, name="malloc-trim", daemon=True)
+    thread.start()
+    return thread
+
+
+cap_malloc_arenas()
+
 import argparse  # noqa: E402
 import errno  # noqa: E402
 import gc  # noqa: E402
@@ -831,6 +876,7 @@ def warm_up(assistant: BundleAssistant, use_llm: bool, out=sys.stderr) -> bool:
         print(f"  the language model could not load ({exc}); answers will use rules only", file=out, flush=True)
         return False
     gc.freeze()  # the model's objects too, as assistant.warm_up() did for the index
+    start_memory_trimmer()
     print(f"  {llm.name} on {llm.device} ready", file=out, flush=True)
     return True
 

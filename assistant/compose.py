@@ -156,6 +156,10 @@ class Lexicon(BaseModel):
     diet_tags: dict[str, list[str]]
     roles: dict[str, RoleSpec]
     occasions: list[Occasion]
+    # "healthier": option -> its healthier kinds, for a role whose every option it drops
+    healthier_swaps: dict[str, list[str]] = Field(default_factory=dict)
+    # a shopper's generic word ("drink", "dessert") -> the options of the role it adds
+    groups: dict[str, list[str]] = Field(default_factory=dict)
 
 
 @functools.lru_cache(maxsize=4)
@@ -165,7 +169,9 @@ def load_lexicon(path: Path = LEXICON_PATH) -> Lexicon:
     lexicon = Lexicon.model_validate(raw)
     missing = sorted({o for occ in lexicon.occasions for slot in occ.roles for o in slot.options
                       if o not in lexicon.roles}
-                     | {w for r in lexicon.roles.values() for w in r.with_ if w not in lexicon.roles})
+                     | {w for r in lexicon.roles.values() for w in r.with_ if w not in lexicon.roles}
+                     | {o for opts in [*lexicon.healthier_swaps.values(), *lexicon.groups.values()] for o in opts
+                        if o not in lexicon.roles})
     if missing:
         raise ValueError(f"{path}: roles used but not defined: {', '.join(missing)}")
     return lexicon
@@ -358,13 +364,103 @@ def plan_for(need: Need, types: TypeCatalogue, *, query_vec: np.ndarray | None =
     lexicon = lexicon or load_lexicon()
     occasion = occasion_by_key(need.occasion, lexicon) or detect_occasion(need.text or "", lexicon)
     banned = forbidden_tags(need.diets, lexicon)
+    if need.healthier:
+        banned |= forbidden_tags([HEALTHIER_KEY], lexicon)
     if occasion is not None:
         plan = _occasion_plan(occasion, need, banned, lexicon)
         if plan.roles:
-            return plan
+            return _with_asked_roles(plan, need, banned, lexicon, types)
     if query_vec is None:
         return None
-    return _semantic_plan(need, types, query_vec, complement_types, banned)
+    semantic = _semantic_plan(need, types, query_vec, complement_types, banned)
+    return _with_asked_roles(semantic, need, banned, lexicon, types) if semantic is not None else None
+
+
+# "healthier" is a refinement, not a diet: its tags live in diet_tags under this key
+HEALTHIER_KEY = "healthier"
+# Words of an option's name that do not tell kinds apart: "ground" beef / coffee, "dog food"
+# / "cat food". The rest name the kind ("chicken" breast, "burger" patties).
+_MODIFIERS = frozenset("""
+ground hard soft fresh frozen canned dry sliced shredded grated whole plain mix food sauce lunchmeat bottled
+single serve side roast
+""".split())
+
+
+def _request_text(need: Need) -> str:
+    return " ".join([need.text, *need.include, *need.add_roles]).lower()
+
+
+def _word_re(phrase: str) -> re.Pattern[str]:
+    """A phrase as whole words, singular or plural ("hot dog" / "hot dogs", "patty" / "patties")."""
+    words = phrase.lower().split()
+    last = words[-1]
+    stem = last[:-3] + "(?:y|ies)" if last.endswith("ies") else (
+        last[:-1] + "(?:y|ies)" if last.endswith("y") else re.escape(last.removesuffix("es").removesuffix("s"))
+        + "(?:s|es)?")
+    body = r"[\s-]+".join([*(re.escape(w) for w in words[:-1]), stem])
+    return re.compile(rf"(?<![a-z]){body}(?![a-z])")
+
+
+def _names_option(spec: RoleSpec, text: str, loose: bool) -> bool:
+    """Whether the request names this option: its whole name ("sour cream"), or, for the
+    headline role (the main dish, where "chicken tacos" picks the chicken), any word of it
+    that tells kinds apart."""
+    if _word_re(spec.key).search(text):
+        return True
+    return loose and any(len(w) > 2 and _word_re(w).search(text)
+                         for w in re.split(r"[\s/-]+", spec.key.lower()) if w not in _MODIFIERS)
+
+
+def _allowed_option(spec: RoleSpec, banned: set[str], lexicon: Lexicon) -> bool:
+    return not banned & set(spec.tags) and not (
+        set(spec.with_) and any(banned & set(lexicon.roles[w].tags) for w in spec.with_))
+
+
+def _healthier_swaps(options: Sequence[RoleSpec], banned: set[str], lexicon: Lexicon) -> list[RoleSpec]:
+    """The healthier kinds of a role whose every option "healthier" dropped (soda -> water)."""
+    keys = dict.fromkeys(w for o in options for w in lexicon.healthier_swaps.get(o.key, []))
+    return [lexicon.roles[k] for k in keys if _allowed_option(lexicon.roles[k], banned, lexicon)]
+
+
+def _asked_specs(term: str, lexicon: Lexicon, types: TypeCatalogue | None, food: bool | None) -> list[RoleSpec]:
+    """The options of a role the shopper asked to add ("drink", "coffee", "wine", "ribs"): a
+    group of the lexicon, else its roles named by the word, else catalogue types named so."""
+    word = term.lower().strip()
+    singular = word[:-1] if word.endswith("s") and not word.endswith("ss") else word
+    for key in (word, singular):
+        if key in lexicon.groups:
+            return [lexicon.roles[k] for k in lexicon.groups[key]]
+        if key in lexicon.roles:
+            return [lexicon.roles[key]]
+    pattern = _word_re(singular)
+    named = [spec for key, spec in lexicon.roles.items() if pattern.search(key)]
+    if named or types is None:
+        return named
+    cats = [c for c in types.categories if pattern.search(c.rsplit(">", 1)[-1].lower())
+            and (food is None or is_food_category(c) == food)]
+    cats.sort(key=lambda c: (-len(types.matching([c])), c))
+    return [RoleSpec(key=word, match=cats[:3], headline=word.capitalize())] if cats else []
+
+
+def _with_asked_roles(plan: RolePlan, need: Need, banned: set[str], lexicon: Lexicon,
+                      types: TypeCatalogue | None) -> RolePlan:
+    """Roles for what the shopper added ("add a drink") or must have ("with wine"): a role
+    of the plan that already offers it keeps only those options and stops being optional;
+    anything else joins the plan as a role of its own."""
+    terms = list(dict.fromkeys([*need.add_roles, *need.include]))
+    if not terms:
+        return plan
+    roles = [r.model_copy(deep=True) for r in plan.roles]
+    for term in terms:
+        specs = [s for s in _asked_specs(term, lexicon, types, plan.food) if _allowed_option(s, banned, lexicon)]
+        keys = [s.key for s in specs]
+        target = next((r for r in roles if any(o.key in keys for o in r.options)), None)
+        if target is not None:
+            target.options = [o for o in target.options if o.key in keys]
+            target.optional = False
+        elif specs:
+            roles.append(Role(name=f"asked-{term}", options=specs[:OPTIONS_PER_ROLE]))
+    return plan.model_copy(update={"roles": roles})
 
 
 def _asked(spec: RoleSpec, need: Need) -> bool:
@@ -374,15 +470,23 @@ def _asked(spec: RoleSpec, need: Need) -> bool:
 
 def _occasion_plan(occasion: Occasion, need: Need, banned: set[str], lexicon: Lexicon) -> RolePlan:
     roles: list[Role] = []
+    text = _request_text(need)
+    claimed: set[str] = set()  # an option the request names narrows one role only
     for i, slot in enumerate(occasion.roles):
-        options = [lexicon.roles[o] for o in slot.options]
-        options = [o for o in options if not banned & set(o.tags)
-                   and not (set(o.with_) and any(banned & set(lexicon.roles[w].tags) for w in o.with_))]
+        every = [lexicon.roles[o] for o in slot.options]
+        options = [o for o in every if _allowed_option(o, banned, lexicon)]
+        if not options and need.healthier:
+            options = _healthier_swaps(every, banned, lexicon)
         if slot.ask:
             options = [o for o in options if _asked(o, need)]
+        # "steak dinner", "spaghetti and meatballs", "wings and beer": the named kinds fill the role
+        named = [o for o in options if o.key not in claimed and _names_option(o, text, slot.headline)]
+        if named:
+            options = named
+            claimed.update(o.key for o in named)
         if options:
             roles.append(Role(name=f"{occasion.key}-{i}", options=options, headline=slot.headline,
-                              optional=slot.optional and not slot.ask))
+                              optional=slot.optional and not slot.ask and not named))
     if roles and not any(r.headline for r in roles):
         roles[0].headline = True
     return RolePlan(source="occasion", occasion=occasion.key, name_template=occasion.name, food=occasion.food,

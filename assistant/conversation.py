@@ -2,17 +2,27 @@
 
 A :class:`Conversation` turns a chat message into a streamed reply:
 
-1. the message is sanitised and folded into the session's :class:`ConstraintState`
-   ("cheaper", "without X", "more like bundle 2", "swap the salsa", "reset" ...);
-2. rule-based bundles are computed on a worker thread while a short LLM intro streams;
-3. the bundle cards follow, built only from :class:`Recommendation` data;
+1. the message is read once (:meth:`BundleAssistant.understand`) and handed to the
+   session state machine (:mod:`assistant.nlu.session`): a new need, or a refinement of
+   the need under way ("add a drink", "sin queso", "cheaper", "healthier", "for 6
+   instead", "more like bundle 2", "undo", "start over"). Every refinement is a chip that
+   :meth:`Conversation.remove_chip` or :meth:`Conversation.undo` takes back;
+2. a message with nothing to shop for ("something for tonight", "asdf", "🍕🍕🍕") gets
+   one short question with suggestion chips, never guessed bundles;
+3. rule-based bundles are computed on a worker thread while a short intro streams; the
+   cards follow, built only from :class:`Recommendation` data. When nothing fits, the
+   reply asks instead ("Nothing fits under $1. Raise the budget to $12?");
 4. with the LLM on, its proposals are merged in and the reranked cards replace the
-   first ones when they differ.
+   first ones when they differ. The model's text passes :func:`~assistant.grounding.ground_reply`
+   and every card's model note :func:`~assistant.grounding.grounded_reason`.
 
 Each step yields a complete :class:`Reply` (not a delta), so a UI just redraws it.
-Every shown bundle, like, dislike, reason and add-to-cart is a feedback event under a
-pseudonym; liked and carted items boost the next answer, disliked items and their
-product types are demoted.
+Feedback is the session's own: "Not for me" takes that bundle (its exact item set) off
+the screen for the rest of the session and demotes its distinctive items and their
+product types; likes and cart adds boost their items. It is read once per turn and
+applies to every pass (rules, LLM merge, fallbacks). Every event is also recorded in the
+:class:`FeedbackStore` under a pseudonym. :meth:`Conversation.clear` forgets the need,
+its constraints, what was shown and the session's feedback (the cart stays).
 """
 
 from __future__ import annotations
@@ -20,11 +30,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-import statistics
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -36,18 +45,12 @@ from prompts import examples, fence, render
 from retrieval.profiles import UserProfile, guest_profile
 from retrieval.schema import Constraints
 
-from .constraints import (
-    CHEAPER_FACTOR,
-    ConstraintState,
-    ParsedMessage,
-    Refinement,
-    expand_exclusions,
-    mentions,
-    sanitize_message,
-    understand,
-)
+from .constraints import ParsedMessage, expand_exclusions, mentions, sanitize_message
 from .feedback import FeedbackEvent, FeedbackStore, SessionSignal
+from .grounding import ground_reply, grounded_reason, product_vocabulary, template_reply
+from .nlu import session as sm
 from .nlu.need import Need
+from .nlu.parser import chips as need_chips
 from .privacy import guest_pseudonym
 from .service import BundleAssistant, Recommendation, ServiceError, ShownBundle
 
@@ -56,7 +59,7 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_CHARS = 500
 MAX_REASON_CHARS = 300
 DEFAULT_CARDS = 3
-MAX_HISTORY_SETS = 20  # bundle sets kept for "swap the salsa" look-ups
+MAX_HISTORY_SETS = 20  # bundle sets kept for look-backs
 INTRO_MAX_TOKENS = 40
 INTRO_TIMEOUT_S = 6.0
 INTRO_MAX_CHARS = 220
@@ -67,6 +70,12 @@ EMPTY_MESSAGE_REPLY = (
     "Tell me what you're shopping for — for example “taco night for four under $25, no dairy” "
     "or “a quick breakfast”."
 )
+# One short question for a message with nothing to shop for, and its suggestion chips.
+CLARIFY_QUESTION = "Dinner, snacks or breakfast? For how many?"
+CLARIFY_KIND = "Dinner, snacks or breakfast?"
+CLARIFY_SUGGESTIONS = ("Dinner for two", "Snacks for a party of 6", "Breakfast for four")
+START_OVER_QUESTION = "Starting over. What are you shopping for?"
+MAX_DISMISSED_EXTRA = 6  # extra bundles asked for so that dismissed ones can be left out
 FALLBACK_INTRO = "Here are a few bundles I put together for you."
 LLM_BUSY_NOTE = "The assistant's language model is busy with other shoppers; showing rule-based bundles."
 ERROR_REPLY = "Sorry, something went wrong while I was looking for bundles. Please try again."
@@ -181,19 +190,36 @@ def bundle_key(bundle: ShownBundle) -> str:
 # -------------------------------------------------------------------------------- reply
 
 
+@dataclass(frozen=True)
+class ReplyChip:
+    """One chip under the reply. ``id`` is set for a refinement (removable with
+    :meth:`Conversation.remove_chip`); ``None`` for a part of the request itself."""
+
+    label: str
+    id: int | None = None
+    kind: str = "need"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "label": self.label, "kind": self.kind}
+
+
 @dataclass
 class Reply:
     """The whole reply so far; every yield of :meth:`Conversation.turn` is one."""
 
     phase: Phase
-    text: str = ""  # the intro, or a polite answer when there are no bundles to show
+    text: str = ""  # the intro, the question asked, or a polite answer when there are no bundles
     bundles: list[ShownBundle] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # quiet notes (LLM fallback, ...)
-    understood: list[str] = field(default_factory=list)  # "tacos", "under $25.00", ...
+    notes: list[str] = field(default_factory=list)  # quiet notes (LLM fallback, ...), each said once a session
+    understood: list[str] = field(default_factory=list)  # the chips' labels: "tacos", "for 4", "+ drink"
     profile_summary: str = ""
-    intro_source: Literal["llm", "fallback", ""] = ""
+    intro_source: Literal["llm", "fallback", "template", ""] = ""
     recommendation: Recommendation | None = None
     done: bool = False
+    chips: list[ReplyChip] = field(default_factory=list)
+    question: str = ""  # set when the reply asks the shopper something instead of answering
+    suggestions: list[str] = field(default_factory=list)  # answers to offer as chips (send one as a message)
+    need: Need | None = None  # what the answer was computed for
 
     def as_dict(self) -> dict[str, Any]:
         rec = self.recommendation
@@ -204,6 +230,10 @@ class Reply:
             "bundles": [b.model_dump() for b in self.bundles],
             "notes": list(self.notes),
             "understood": list(self.understood),
+            "chips": [c.as_dict() for c in self.chips],
+            "question": self.question,
+            "suggestions": list(self.suggestions),
+            "need": self.need.model_dump() if self.need is not None else None,
             "profile_summary": self.profile_summary,
             "intro_source": self.intro_source,
             "constraints": rec.constraints.model_dump() if rec else None,
@@ -282,27 +312,6 @@ def extract_with_llm(llm: Any, text: str, timeout_s: float = 4.0) -> ExtractedCo
 
 # --------------------------------------------------------------------------- intro text
 
-
-def describe_request(state: ConstraintState, extra: list[str] | None = None) -> list[str]:
-    """What the assistant understood, as short phrases for the UI ("under $25.00")."""
-    c = state.constraints
-    parts: list[str] = []
-    if state.need:
-        parts.append(state.need)
-    parts += [w for w in state.wishes if w.rstrip("s") not in state.need]
-    if state.healthy:
-        parts.append("healthier")
-    if c.budget is not None:
-        parts.append(f"under ${c.budget:.2f}")
-    if c.servings:
-        parts.append(f"serves {c.servings}")
-    parts += [f"no {w}" for w in state.exclusions]
-    parts += list(state.diets)
-    if state.bundle_size:
-        parts.append(f"{state.bundle_size} items per bundle")
-    return parts + list(extra or [])
-
-
 def fallback_intro(understood: list[str]) -> str:
     """The deterministic intro: used with the LLM off, busy, failing or off-topic."""
     if not understood:
@@ -369,369 +378,4 @@ def stream_intro(llm: Any, request: str, timeout_s: float = INTRO_TIMEOUT_S,
     yield final
 
 
-# -------------------------------------------------------------------------- conversation
-
-
-class Conversation:
-    """One session. Not shared between sessions; safe for a session's concurrent
-    events (a cart click while a reply streams) through one lock."""
-
-    def __init__(
-        self,
-        assistant: BundleAssistant,
-        feedback: FeedbackStore,
-        *,
-        user_id: str | None = None,
-        use_llm: bool = True,
-        llm_intro: bool | None = None,
-        llm_extraction: bool = False,
-        cards: int = DEFAULT_CARDS,
-        intro_timeout_s: float = INTRO_TIMEOUT_S,
-        session_id: str | None = None,
-    ):
-        self.assistant = assistant
-        self.feedback = feedback
-        self.use_llm = use_llm
-        self.llm_intro = use_llm if llm_intro is None else llm_intro
-        self.llm_extraction = llm_extraction
-        self.cards = cards
-        self.intro_timeout_s = intro_timeout_s
-        self.session_id = session_id or uuid.uuid4().hex
-        data_dir = assistant.settings.data_dir
-        # The raw id is used here, to fetch the profile and hash it, and then dropped.
-        self.is_guest = user_id is None
-        if user_id is None:
-            self._profile: UserProfile | None = None
-            self.user_pseudo = guest_pseudonym(self.session_id, data_dir=data_dir)
-        else:
-            self._profile = assistant.profile(str(user_id))
-            self.user_pseudo = assistant.user_key(str(user_id))
-        self.state = ConstraintState()
-        self.need: Need | None = None  # the understood need, refined turn by turn
-        self.shown: list[ShownBundle] = []  # the bundles on screen now, in rank order
-        self.history: list[list[ShownBundle]] = []  # every set shown, oldest first
-        self.cart = Cart()
-        self.turns = 0
-        self._need_texts: list[str] = []  # guest messages that said what they want
-        self._lock = threading.RLock()
-
-    # -- profile and feedback --------------------------------------------------------
-
-    @property
-    def profile_summary(self) -> str:
-        return self._profile.summary if self._profile else guest_profile("guest").summary
-
-    def signal(self) -> SessionSignal:
-        return self.feedback.session_signal(self.session_id)
-
-    def boosted(self, signal: SessionSignal | None = None) -> set[str]:
-        signal = signal or self.signal()
-        return set(signal.liked) | set(signal.carted)
-
-    def demoted(self, signal: SessionSignal | None = None) -> set[str]:
-        """Disliked products and their product types."""
-        signal = signal or self.signal()
-        catalogue = self.assistant.index.catalogue
-        out = set(signal.disliked)
-        for pid in signal.disliked:
-            if pid in catalogue.index:
-                kind = str(catalogue.at[pid, "product_type"] or "").strip()
-                if kind:
-                    out.add(kind)
-        return out
-
-    def profile(self, signal: SessionSignal | None = None) -> UserProfile:
-        """A persona's stored profile, or a guest's profile from this session: the
-        messages that said what they want, and (weighted higher) what they liked or
-        put in the cart."""
-        if self._profile is not None:
-            return self._profile
-        signal = signal or self.signal()
-        texts = self._need_texts[-8:]
-        messages = self.assistant.embedder.encode(texts) if texts else None
-        clicked_ids = list(dict.fromkeys([*signal.carted, *signal.liked]))
-        vectors = self.assistant.index.embeddings_of(clicked_ids)
-        clicked = np.stack(list(vectors.values())) if vectors else None
-        return guest_profile(f"guest-{self.session_id}", messages, clicked)
-
-    def _record(self, event: str, bundle: ShownBundle | None = None, reason: str = "",
-                payload: dict[str, Any] | None = None, product_ids: list[str] | None = None) -> None:
-        try:
-            self.feedback.record(FeedbackEvent(
-                session_id=self.session_id, user_pseudo=self.user_pseudo, event=event,
-                bundle_key=bundle_key(bundle) if bundle else "",
-                product_ids=product_ids if product_ids is not None else (bundle.item_ids if bundle else []),
-                reason=reason, payload=payload or {},
-            ))
-        except Exception:  # feedback must never break the chat
-            log.exception("could not record a %s event", event)
-
-    # -- actions on shown bundles ----------------------------------------------------
-
-    def bundle(self, number: int) -> ShownBundle:
-        """A bundle on screen by its 1-based number (-1: the last one)."""
-        with self._lock:
-            if not self.shown:
-                raise ServiceError("There are no bundles on screen yet — ask me for some first.")
-            if number == -1:
-                return self.shown[-1]
-            if not 1 <= number <= len(self.shown):
-                raise ServiceError(f"There is no bundle {number}; I'm showing {len(self.shown)}.")
-            return self.shown[number - 1]
-
-    def add_to_cart(self, number: int) -> CartLine:
-        with self._lock:
-            bundle = self.bundle(number)
-            line = self.cart.add(bundle)
-            self._record("cart", bundle, payload={"rank": bundle.rank, "bundle_price": bundle.bundle_price,
-                                                  "quantity": line.quantity})
-            return line
-
-    def like(self, number: int, reason: str = "") -> ShownBundle:
-        return self._thumb("like", number, reason)
-
-    def dislike(self, number: int, reason: str = "") -> ShownBundle:
-        return self._thumb("dislike", number, reason)
-
-    def _thumb(self, kind: str, number: int, reason: str) -> ShownBundle:
-        with self._lock:
-            bundle = self.bundle(number)
-            self._record(kind, bundle, payload={"rank": bundle.rank, "score": bundle.score})
-            reason = sanitize_message(reason, MAX_REASON_CHARS)
-            if reason:
-                self._record("reason", bundle, reason=reason, payload={"about": kind})
-            return bundle
-
-    def clear_cart(self) -> None:
-        with self._lock:
-            self.cart.clear()
-
-    # -- a turn ----------------------------------------------------------------------
-
-    def turn(self, message: str) -> Iterator[Reply]:
-        """Stream the reply to one chat message (see the module docstring)."""
-        text = sanitize_message(message, MAX_MESSAGE_CHARS)
-        if not text:
-            yield Reply(phase="final", text=EMPTY_MESSAGE_REPLY, profile_summary=self.profile_summary,
-                        done=True)
-            return
-        try:
-            yield from self._turn(text)
-        except Exception:
-            log.exception("chat turn failed")
-            yield Reply(phase="final", text=ERROR_REPLY, profile_summary=self.profile_summary, done=True)
-
-    def _turn(self, text: str) -> Iterator[Reply]:
-        with self._lock:
-            self.turns += 1
-            request = self._understand(text)
-        base = {"understood": request.understood, "profile_summary": self.profile_summary}
-        yield Reply(phase="thinking", **base)
-
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rule-bundles")
-        try:
-            first: Future[Recommendation] = pool.submit(self._recommend, request, "rule")
-            intro, source = "", ""
-            for intro, source in self._intro(request.intro_request, request.understood):
-                yield Reply(phase="intro", text=intro, intro_source=source, **base)
-            try:
-                rec = first.result()
-            except ServiceError as exc:  # a bad request: its message is for the shopper
-                yield Reply(phase="final", text=str(exc), notes=request.notes, done=True, **base)
-                return
-        finally:
-            pool.shutdown(wait=False)
-
-        recorded: set[str] = set()
-        if not self.use_llm:
-            yield self._finish(self._show(rec, intro, source, request, "final", recorded))
-            return
-        reply = self._show(rec, intro, source, request, "cards", recorded)
-        yield reply
-        if self._llm_is_busy():
-            # Queueing behind another session's generation mostly ends in the time limit
-            # anyway; the rule bundles on screen are the answer.
-            yield self._finish(reply, notes=[*reply.notes, LLM_BUSY_NOTE])
-            return
-        try:
-            merged = self._recommend(request, "llm+rule")
-        except Exception:
-            log.exception("LLM recommendation failed")
-            note = "The assistant's language model was unavailable; showing rule-based bundles."
-            yield self._finish(reply, notes=[*reply.notes, note])
-            return
-        if [bundle_key(b) for b in self._visible(merged)] != [bundle_key(b) for b in self._visible(rec)]:
-            yield self._finish(self._show(merged, intro, source, request, "final", recorded))
-        else:
-            yield self._finish(reply, recommendation=merged, notes=[*request.notes, *merged.notes])
-
-    @staticmethod
-    def _finish(reply: Reply, **changes: Any) -> Reply:
-        # A new object: a UI may still hold the previous one.
-        return dataclasses.replace(reply, phase="final", done=True, **changes)
-
-    def _llm_is_busy(self) -> bool:
-        try:
-            return _llm_busy(self.assistant.llm)
-        except Exception:  # a model that cannot load: the service notes the fallback
-            return False
-
-    def _intro(self, text: str, understood: list[str]) -> Iterator[tuple[str, str]]:
-        """(intro so far, "llm" or "fallback")."""
-        fallback = (fallback_intro(understood), "fallback")
-        if not self.llm_intro:
-            yield fallback
-            return
-        try:
-            llm = self.assistant.llm
-            if _llm_busy(llm):
-                yield fallback
-                return
-            for intro in stream_intro(llm, text, timeout_s=self.intro_timeout_s):
-                yield intro, "llm"
-        except Exception as exc:  # LLMError, a refusal, a timeout: the fixed sentence
-            log.info("intro fell back: %s", exc)
-            yield fallback
-
-    def _show(self, rec: Recommendation, intro: str, intro_source: str, request: _Request,
-              phase: Phase, recorded: set[str]) -> Reply:
-        """Put ``rec``'s bundles on screen; record each bundle once per turn as shown."""
-        with self._lock:
-            bundles = self._visible(rec)
-            self.shown = bundles
-            self.history = [*self.history, bundles][-MAX_HISTORY_SETS:]
-            for b in bundles:
-                if bundle_key(b) not in recorded:
-                    recorded.add(bundle_key(b))
-                    self._record("shown", b, payload={
-                        "rank": b.rank, "score": b.score, "source": b.source, "bundle_price": b.bundle_price,
-                        "turn": self.turns, "phase": phase, "mode": rec.mode,
-                    })
-        notes = [*request.notes, *rec.notes]
-        text = intro
-        if not bundles:
-            # The service's "no bundle satisfies ..." note is the answer, not a footnote.
-            text = next((n for n in rec.notes if n.startswith("No bundle")), "I couldn't find a bundle for that.")
-            notes = [n for n in notes if n != text]
-        return Reply(phase=phase, text=text, bundles=bundles, notes=notes, understood=request.understood,
-                     profile_summary=rec.profile_summary, intro_source=intro_source, recommendation=rec)
-
-    def _visible(self, rec: Recommendation) -> list[ShownBundle]:
-        # The reranker already drops look-alikes (other SKUs of the same titles).
-        return list(rec.bundles[: self.cards])
-
-    # -- understanding ----------------------------------------------------------------
-
-    def _understand(self, text: str) -> _Request:
-        parsed, refinements = understand(text)
-        if self.llm_extraction and self.use_llm:
-            try:
-                extracted = extract_with_llm(self.assistant.llm, text)
-            except Exception:
-                extracted = None
-            if extracted is not None:
-                parsed = merge_extraction(parsed, extracted)
-        prices = [b.bundle_price for b in self.shown if b.bundle_price is not None]
-        kinds = {r.kind for r in refinements}
-        if "reset" in kinds:
-            self._need_texts.clear()
-            self.shown = []
-            self.need = None
-        # the same need understanding as the CLI's --parse and eval (BundleAssistant.understand)
-        self.need = self.assistant.understand(text, previous=self.need)
-        self.state = self.state.apply(parsed, refinements, prices,
-                                      default_bundle_size=self.assistant.settings.llm.max_bundle_size)
-        if "cheaper" in kinds and parsed.budget is None and prices:
-            self._cheaper_than(prices)
-        if parsed.query:
-            self._need_texts.append(parsed.query)
-        return self._request(refinements)
-
-    def _cheaper_than(self, prices: list[float]) -> None:
-        """"Cheaper" means cheaper than what is on screen: a budget that the bundles shown
-        already meet would change nothing, so it drops to 0.8 x their median price."""
-        cap = max(0.01, round(CHEAPER_FACTOR * statistics.median(prices), 2))
-        constraints = self.state.constraints
-        if constraints.budget is None or constraints.budget > cap:
-            self.state.constraints = constraints.model_copy(update={"budget": cap})
-
-    def _request(self, refinements: list[Refinement]) -> _Request:
-        """This turn's search: the sticky constraints, plus one-turn anchors and swaps."""
-        state = self.state
-        constraints = state.search_constraints()
-        anchors: list[str] = []
-        extra: list[str] = []
-        notes: list[str] = []
-        replacements: list[str] = []
-        if state.anchor_bundle is not None:
-            try:
-                anchors = list(self.bundle(state.anchor_bundle).item_ids)
-                extra.append(f"more like bundle {state.anchor_bundle if state.anchor_bundle > 0 else len(self.shown)}")
-            except ServiceError as exc:
-                notes.append(str(exc))
-        excluded_products: list[str] = []
-        for r in refinements:
-            if r.kind != "swap" or not r.term:
-                continue
-            extra.append(f"without {r.term}" + (f", with {r.replacement}" if r.replacement else ""))
-            if r.replacement:
-                replacements.append(r.replacement)
-            hit = self._find_shown(r.term)
-            if hit is not None:
-                bundle, pid = hit
-                excluded_products.append(pid)
-                anchors += [i for i in bundle.item_ids if i != pid and i not in anchors]
-        if excluded_products:
-            constraints = constraints.model_copy(update={
-                "excluded_products": list(dict.fromkeys([*constraints.excluded_products, *excluded_products])),
-            })
-        anchors = [a for a in anchors if a not in excluded_products]
-        query_parts = [state.need, *[w for w in state.wishes if w.rstrip("s") not in state.need], *replacements]
-        if state.healthy:
-            query_parts.append("healthy")
-        query = " ".join(p for p in query_parts if p).strip()
-        # the session's constraints carry the budget ("cheaper" lowers it); the need carries
-        # what composition needs: occasion, servings, days, diets
-        need = self.need.model_copy(update={"budget": None}) if self.need is not None else None
-        return _Request(query=query, anchors=tuple(anchors), constraints=constraints,
-                        understood=describe_request(state, extra), notes=notes,
-                        intro_request=self._intro_request(state), need=need)
-
-    def _intro_request(self, state: ConstraintState) -> str:
-        """The message, with the need it refines when it names none ("cheaper" ->
-        "cheaper (for taco night)"), so the intro knows what it is about."""
-        text = state.history[-1] if state.history else ""
-        if state.need and state.need not in text.lower():
-            return f"{text} (for {state.need})"
-        return text
-
-    def _find_shown(self, term: str) -> tuple[ShownBundle, str] | None:
-        """The most recently shown bundle with an item matching ``term``, and that item."""
-        for shown in reversed(self.history):
-            for bundle in shown:
-                for item in bundle.items:
-                    if mentions(item.title, [term]):
-                        return bundle, item.product_id
-        return None
-
-    def _recommend(self, request: _Request, mode: str) -> Recommendation:
-        signal = self.signal()
-        start = time.perf_counter()
-        rec = self.assistant.recommend(
-            query=request.query, anchors=request.anchors, constraints=request.constraints,
-            k=self.cards, mode=mode, profile=self.profile(signal),
-            boosted=self.boosted(signal), demoted=self.demoted(signal), need=request.need,
-        )
-        log.debug("recommend %s in %.2fs", mode, time.perf_counter() - start)
-        return rec
-
-
-@dataclass
-class _Request:
-    query: str
-    anchors: tuple[str, ...]
-    constraints: Constraints
-    understood: list[str]
-    notes: list[str] = field(default_factory=list)
-    intro_request: str = ""
-    need: Need | None = None
+#CONVERSATION#

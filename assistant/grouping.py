@@ -27,10 +27,10 @@ before returning (an invented product would be a bug, not a model error).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 from pydantic import BaseModel
@@ -156,7 +156,7 @@ def rule_groups(
     sim = {(a, b): affinity(a, b) for a, b in combinations(sorted(set(ids)), 2)}
 
     def link(x: tuple[str, ...], y: tuple[str, ...]) -> float:
-        return sum(sim[tuple(sorted((a, b)))] for a in x for b in y) / (len(x) * len(y))
+        return sum(sim[(a, b) if a < b else (b, a)] for a in x for b in y) / (len(x) * len(y))
 
     while True:
         best, best_key = None, None

@@ -188,7 +188,7 @@ def score_completion_block(runner: CompletionRunner, systems: list[str], cases: 
         qrels = _qrels(cases, level)
         runs = {s: as_run(_level_lists(runner, s, cases, level, type_of)) for s in systems}
         per = M.per_query_scores(qrels, runs, KS)
-        scores = {s: {m: {"mean": float(np.mean(list(per[s][m].values()))),
+        scores: dict[str, dict[str, dict]] = {s: {m: {"mean": float(np.mean(list(per[s][m].values()))),
                           "ci95": _interval(list(per[s][m].values()), seed)} for m in metric_list}
                   for s in systems}
         main_metric = main[1]

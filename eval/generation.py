@@ -214,7 +214,7 @@ def rule_grouping_grid(cases: Sequence[GenerationCase], assistant) -> dict:
                                                              max_size=max_size, threshold=t))
 
     reference = scores(GROUPING_REFERENCE["npmi_weight"], GROUPING_REFERENCE["threshold"])
-    grid = [{"params": {"npmi_weight": w, "threshold": t}, **scores(w, t)}
+    grid: list[dict] = [{"params": {"npmi_weight": w, "threshold": t}, **scores(w, t)}
             for w in GROUPING_NPMI_WEIGHTS for t in GROUPING_THRESHOLDS]
     feasible = [g for g in grid if g["precision"] >= reference["precision"] and g["recall"] >= reference["recall"]]
     chosen = max(feasible, key=lambda g: (round(g[MAIN], 9), -grid.index(g)))["params"] if feasible else None

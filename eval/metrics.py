@@ -474,7 +474,7 @@ def budget_satisfaction_rate(
             continue
         with_budget += 1
         satisfied += all(
-            _price_known(p) and float(p) <= float(budget) + _PRICE_EPS for p in prices
+            p is not None and _price_known(p) and float(p) <= float(budget) + _PRICE_EPS for p in prices
         )
     if with_budget == 0:
         raise ValueError("no case has a budget")

@@ -23,6 +23,9 @@ move              rule (applied by :func:`apply_move`; resolved once by :func:`r
 ``rescale``       "for 6 instead" / "para seis" sets servings; "bigger"/"more food"
                   multiplies them by ``BIGGER_FACTOR`` (1.5, rounded up, at least +1);
                   "double it" by 2; "smaller" divides by 1.5 (at least 1).
+``include``       "chicken instead" / "X instead of Y" / "con pollo": X joins ``Need.include``
+                  (composition fills the role that offers X with it; "instead of Y"
+                  also removes Y as ``without`` does).
 ``budget``        an explicit spending cap from the parser ("under $40").
 ``diet``          a diet or allergen key the parser read ("make it vegan").
 ``more_like``     "more like bundle 2": that bundle's items become the anchors; it lasts
@@ -54,7 +57,8 @@ from pydantic import BaseModel, Field
 
 from .need import Need
 
-MoveKind = Literal["add_role", "without", "cheaper", "healthier", "rescale", "budget", "diet", "more_like"]
+MoveKind = Literal["add_role", "without", "include", "cheaper", "healthier", "rescale", "budget", "diet",
+                   "more_like"]
 TurnKind = Literal["new_need", "refine", "undo", "remove_chip", "reset", "none"]
 
 CHEAPER_FACTOR = 0.8  # "cheaper": 20% under the top bundle shown last
@@ -112,6 +116,12 @@ _ADD_RE = re.compile(
 _WITHOUT_RE = re.compile(
     rf"\b(?:without|w/o|no|sin|minus|hold the|skip(?: the)?|remove(?: the)?|drop(?: the)?|take out(?: the)?|"
     rf"lose the)\s+(?:(?:the|any|el|la|los|las)\s+)?(?P<x>{_ITEMS})", re.IGNORECASE)
+# "chicken instead", "use turkey instead", "chicken instead of beef", "pollo en vez de res"
+_INSTEAD_RE = re.compile(
+    rf"(?:\b(?:use|try|get|with|make it|con)\s+)?(?P<x>{_ITEM})\s+(?:instead|en su lugar|en vez|mejor)\b"
+    rf"(?:\s+(?:of|de)\s+(?:the\s+|el\s+|la\s+)?(?P<y>{_ITEM}))?", re.IGNORECASE)
+_INSTEAD_OF_RE = re.compile(
+    rf"\b(?:instead of|rather than|en vez de|en lugar de)\s+(?:the\s+|el\s+|la\s+)?(?P<y>{_ITEM})", re.IGNORECASE)
 _CHEAPER_RE = re.compile(
     r"\b(?:cheaper|less expensive|less pricey|lower (?:the )?(?:price|cost)|too (?:expensive|pricey|much)|"
     r"more affordable|spend less|costs? less|budget[- ]friendly|más barato|mas barato|más económico|"
@@ -331,6 +341,7 @@ def detect_moves(text: str) -> list[Move]:
         s = pattern.sub(" , ", s)
     for m in _ADD_RE.finditer(s):
         moves += [Move(kind="add_role", term=item) for item in _items(m.group("x"))]
+    s = _instead_moves(s, moves)
     for m in _WITHOUT_RE.finditer(s):
         moves += [Move(kind="without", term=item) for item in _items(m.group("x"))]
     if _CHEAPER_RE.search(s):
@@ -349,6 +360,24 @@ def detect_moves(text: str) -> list[Move]:
     return _dedupe(moves)
 
 
+def _instead_moves(s: str, moves: list[Move]) -> str:
+    """Append the "X instead (of Y)" moves of ``s``; return ``s`` without the spans read, so
+    that "no beef, chicken instead" does not also read as "no chicken"."""
+    def read(m: re.Match[str]) -> str:
+        found: list[Move] = []
+        first = m.group("x").split()[0] if "x" in m.groupdict() else ""
+        if first and first not in _STOP_ITEM and first not in _NUMBERS:
+            item = _item(m.group("x"))
+            if item and not item.isdigit():
+                found.append(Move(kind="include", term=item))
+        if m.group("y") and (other := _item(m.group("y"))):
+            found.append(Move(kind="without", term=other))
+        moves.extend(found)
+        return " , " if found else m.group(0)
+
+    return _INSTEAD_OF_RE.sub(read, _INSTEAD_RE.sub(read, s))
+
+
 def moves_from_parse(parsed: Need, current: Need) -> list[Move]:
     """The parser's structured reading of a follow-up as moves on ``current``: a new
     budget, servings, diets, exclusions and added roles it found."""
@@ -360,6 +389,7 @@ def moves_from_parse(parsed: Need, current: Need) -> list[Move]:
     moves += [Move(kind="diet", term=d) for d in parsed.diets if d not in current.diets]
     moves += [Move(kind="without", term=x) for x in parsed.exclude if x not in current.exclude]
     moves += [Move(kind="add_role", term=r) for r in parsed.add_roles if r not in current.add_roles]
+    moves += [Move(kind="include", term=x) for x in parsed.include if x not in current.include]
     if parsed.healthier and not current.healthier:
         moves.append(Move(kind="healthier"))
     return moves
@@ -369,7 +399,7 @@ def _dedupe(moves: Iterable[Move]) -> list[Move]:
     out: list[Move] = []
     seen: set[tuple[str, str | None]] = set()
     for m in moves:
-        key = (m.kind, m.term if m.kind in ("add_role", "without", "diet") else None)
+        key = (m.kind, m.term if m.kind in ("add_role", "without", "include", "diet") else None)
         if key not in seen:
             seen.add(key)
             out.append(m)
@@ -423,6 +453,9 @@ def apply_move(need: Need, move: Move) -> Need:
     if move.kind == "add_role" and term:
         update["add_roles"] = list(dict.fromkeys([*need.add_roles, term]))
         update["exclude"] = [x for x in need.exclude if x != term]
+    elif move.kind == "include" and term:
+        update["include"] = list(dict.fromkeys([*need.include, term]))
+        update["exclude"] = [x for x in need.exclude if x != term]
     elif move.kind == "without" and term:
         update["exclude"] = list(dict.fromkeys([*need.exclude, term]))
         update["add_roles"] = [r for r in need.add_roles if r != term]
@@ -444,6 +477,8 @@ def chip_label(move: Move) -> str:
         return f"+ {move.term}"
     if move.kind == "without":
         return f"no {move.term}"
+    if move.kind == "include":
+        return f"with {move.term}"
     if move.kind in ("cheaper", "budget"):
         return f"under {_money(move.budget or 0)}"
     if move.kind == "rescale":
@@ -543,6 +578,9 @@ def _has_topic(parsed: Need) -> bool:
     return any(w not in _FILLER for w in re.findall(r"[a-záéíóúñ']+", parsed.text.lower()))
 
 
+_ADD_LEAD = re.compile(r"^\s*(?:please\s+)?(?:(?:also\s+)?add|throw in|añade|añadir|agrega|agregar)\b", re.IGNORECASE)
+
+
 def handle(state: SessionState, text: str, parsed: Need | None = None, shown: Shown | None = None) -> Turn:
     """One message: reset, undo, a refinement of the current need, or a new topic.
 
@@ -572,6 +610,8 @@ def handle(state: SessionState, text: str, parsed: Need | None = None, shown: Sh
     # under way, not a new topic
     named = {m.term for m in said if m.term} | set(parsed.add_roles) | set(parsed.exclude)
     new_occasion = bool(parsed.occasion) and parsed.occasion != current.occasion and parsed.occasion not in named
+    if state.base is not None and _ADD_LEAD.match(text or ""):
+        new_occasion = False  # "add coffee" adds to the meal under way; it never starts "office coffee"
     if state.base is None or new_occasion:
         return _as_new_topic(state, parsed, said, shown)
     from_parse = moves_from_parse(parsed, current)

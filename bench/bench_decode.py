@@ -1,0 +1,251 @@
+"""Decode speed on CPU, side by side in one run: fp32, bf16, torch int8 dynamic
+quantisation of the Linear layers, and ONNX Runtime GenAI (int4, from PyPI, no build).
+
+    python bench/bench_decode.py [--prompts 8] [--adapter smollm2-bundles|none] [--max-new-tokens 150]
+
+Every backend answers the same ``bundle_items`` prompts (sessions of the BundleRec
+Electronic *dev* split of seed 0: carved from training data, never a test session)
+through the production path, :func:`assistant.proposer.propose_with_llm`: JSON
+constrained to the proposal schema (outlines for torch, llguidance inside ONNX Runtime
+GenAI), then validated and repaired. Reported per backend: tokens/s, latency, tokens per
+proposal, parse rate and valid-before-repair (bundles that needed no repair / bundles
+proposed). The ONNX model is exported once from the local HF folder with
+``onnxruntime_genai.models.builder`` (offline) and cached beside the converted model.
+Writes bench/results/decode.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+BACKENDS = ("fp32", "bf16", "int8-dynamic", "ort-genai-int4")
+
+
+def dev_prompts(n: int, max_items: int = 10) -> list[dict]:
+    """The first ``n`` dev sessions (seed 0) with at most ``max_items`` items, as the
+    grouping prompt's numbered rows."""
+    import eval.protocols as P
+    from assistant.proposer import numbered
+    from retrieval.candidates import Candidate
+    from retrieval.sources import DEFAULT_BUNDLEREC, load_source
+
+    ds = load_source("bundlerec", DEFAULT_BUNDLEREC)
+    dev = P.bundlerec_generation_dev_of(P.bundlerec_generation(ds, 0), 0)
+    catalogue = ds.products.set_index("product_id")
+    out = []
+    for case in dev.cases:
+        if len(case.items) > max_items:
+            continue
+        rows = numbered([Candidate(i, 1.0, ["anchor"]) for i in case.items], catalogue, 40)
+        out.append({"case": case.case_id, "rows": rows, "n_bundles": min(5, max(1, len(case.items) // 2)),
+                    "intents": list(case.intents)})
+        if len(out) >= n:
+            break
+    return out
+
+
+def guidance_schema(output_type: Any) -> dict:
+    """The pydantic schema as llguidance should enforce it, matching what outlines lets
+    the torch backends write: compact JSON (no free whitespace) and no extra keys."""
+    schema = output_type.model_json_schema()
+
+    def close(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "object":
+                node.setdefault("additionalProperties", False)
+            for v in node.values():
+                close(v)
+        elif isinstance(node, list):
+            for v in node:
+                close(v)
+
+    close(schema)
+    schema["x-guidance"] = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
+    return schema
+
+
+class OrtChatModel:
+    """The ChatModel seam over ONNX Runtime GenAI, enough for ``propose_with_llm``:
+    greedy decoding with the JSON schema enforced by the runtime's llguidance."""
+
+    def __init__(self, folder: Path, hf_tokenizer: Any, name: str) -> None:
+        import onnxruntime_genai as og
+
+        self.og = og
+        self.model = og.Model(str(folder))
+        self.tokenizer = og.Tokenizer(self.model)
+        self.hf_tokenizer = hf_tokenizer
+        self.name = name
+        self.device = "cpu"
+
+    @property
+    def busy(self) -> bool:
+        return False
+
+    def generate_structured(self, messages, output_type, max_new_tokens: int = 160, timeout_s: float = 20.0,
+                            temperature: float = 0.0):
+        from pydantic import ValidationError
+
+        from assistant.llm.base import Structured, flatten_messages
+
+        start = time.monotonic()
+        prompt = self.hf_tokenizer.apply_chat_template(flatten_messages(messages), add_generation_prompt=True,
+                                                       tokenize=False)
+        ids = self.tokenizer.encode(prompt)
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(max_length=len(ids) + max_new_tokens, do_sample=False)
+        params.set_guidance("json_schema", json.dumps(guidance_schema(output_type)))
+        gen = self.og.Generator(self.model, params)
+        gen.append_tokens(ids)
+        n, timed_out = 0, False
+        while not gen.is_done():
+            if time.monotonic() - start > timeout_s:
+                timed_out = True
+                break
+            gen.generate_next_token()
+            n += 1
+        raw = self.tokenizer.decode(gen.get_sequence(0)[len(ids):])
+        try:
+            parsed, error = output_type.model_validate_json(raw), None
+        except ValidationError as e:
+            parsed, error = None, str(e)
+        return Structured(raw, parsed, error, n, time.monotonic() - start, timed_out)
+
+
+def export_onnx(hf_folder: Path, out: Path, precision: str = "int4") -> tuple[Path, float]:
+    """``onnxruntime_genai.models.builder`` on a local HF folder (no network)."""
+    if (out / "genai_config.json").is_file():
+        return out, 0.0
+    start = time.perf_counter()
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_folder), "-o", str(out),
+           "-p", precision, "-e", "cpu", "-c", str(out.parent / (out.name + "-cache"))]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0 or not (out / "genai_config.json").is_file():
+        raise RuntimeError(f"ONNX export failed ({done.returncode}): {done.stderr[-800:]}")
+    return out, time.perf_counter() - start
+
+
+def tuned_folder(adapter: str | None) -> Path:
+    """A plain HF folder of the model under test (the adapter merged in), for the export."""
+    from assistant.llm.adapter import read_card, resolve_adapter
+    from assistant.llm.gguf import convert_gguf, packaged_gguf
+
+    base, _ = convert_gguf(packaged_gguf())
+    if adapter is None:
+        return base
+    path = resolve_adapter(adapter)
+    fp = read_card(path)["data"]["examples_fingerprint"][:10]
+    folder = base.parent / f"{base.name}+{path.name}-{fp}"
+    if not (folder / "config.json").is_file():
+        from assistant.llm.loading import load_llm
+
+        llm = load_llm(device="cpu", adapter=path)
+        llm.model.save_pretrained(folder)
+        llm.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def load_backend(name: str, adapter: str | None) -> tuple[Any, dict]:
+    import torch
+
+    from assistant.llm.loading import load_llm
+
+    if name.startswith("ort-genai"):
+        from transformers import AutoTokenizer
+
+        hf = tuned_folder(adapter)
+        onnx_dir, export_s = export_onnx(hf, hf.parent / f"{hf.name}-onnx-int4", "int4")
+        return OrtChatModel(onnx_dir, AutoTokenizer.from_pretrained(hf), f"ort-int4:{hf.name}"), {
+            "export_s": round(export_s, 1), "onnx_dir": str(onnx_dir)}
+    llm = load_llm(device="cpu", adapter=adapter)
+    if name == "bf16":
+        llm.model = llm.model.to(torch.bfloat16)
+    elif name == "int8-dynamic":
+        from torch.ao.quantization import quantize_dynamic
+
+        llm.model = quantize_dynamic(llm.model, {torch.nn.Linear}, dtype=torch.qint8)
+    llm.dtype = next(llm.model.parameters()).dtype if name != "int8-dynamic" else torch.qint8
+    return llm, {}
+
+
+def run_backend(name: str, adapter: str | None, prompts: list[dict], max_new_tokens: int, timeout_s: float) -> dict:
+    from assistant.proposer import propose_with_llm
+
+    t = time.perf_counter()
+    try:
+        model, extra = load_backend(name, adapter)
+    except Exception as e:  # report a backend that cannot run instead of stopping the run
+        return {"backend": name, "error": f"{type(e).__name__}: {e}"[:600]}
+    load_s = time.perf_counter() - t
+
+    def one(p: dict):
+        allowed = {r["product_id"] for r in p["rows"]}
+        return propose_with_llm(model, "bundle_items", {}, p["rows"], lambda pid: pid in allowed,
+                                n_bundles=p["n_bundles"], min_size=2, max_size=4,
+                                max_new_tokens=max_new_tokens, timeout_s=timeout_s)
+
+    one(prompts[0])  # warm-up: first-call costs (outlines vocabulary, ORT session) are not decode speed
+    reports, names = [], []
+    for p in prompts:
+        res = one(p)
+        reports.append(res.report)
+        names.append([b.name for b in res.bundles])
+    tokens = sum(r.new_tokens for r in reports)
+    seconds = sum(r.latency_s for r in reports)
+    proposed = sum(r.proposed for r in reports)
+    return {
+        "backend": name, "model": getattr(model, "name", name), "load_s": round(load_s, 2), **extra,
+        "prompts": len(reports), "tokens": tokens, "seconds": round(seconds, 2),
+        "tokens_per_s": round(tokens / seconds, 2) if seconds else None,
+        "latency_s": {"mean": round(seconds / len(reports), 2), "max": round(max(r.latency_s for r in reports), 2)},
+        "tokens_per_proposal": round(tokens / len(reports), 1),
+        "parsed": sum(r.proposed > 0 for r in reports), "proposed": proposed,
+        "valid_before_repair": round(sum(r.valid_before_repair for r in reports) / proposed, 3) if proposed else 0.0,
+        "fallbacks": sum(r.fallback for r in reports), "errors": sorted({r.error for r in reports if r.error})[:3],
+        "names": names[:4],
+    }
+
+
+def main() -> int:
+    import torch
+
+    from _common import write
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--adapter", default="smollm2-bundles", help="LoRA adapter, or 'none' for the base model")
+    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--max-new-tokens", type=int, default=150)
+    parser.add_argument("--timeout", type=float, default=120.0)
+    args = parser.parse_args()
+    adapter = None if args.adapter == "none" else args.adapter
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    prompts = dev_prompts(args.prompts)
+    started = os.getloadavg()
+    rows = [run_backend(b.strip(), adapter, prompts, args.max_new_tokens, args.timeout)
+            for b in args.backends.split(",") if b.strip()]
+    valid = [r for r in rows if "error" not in r and r["valid_before_repair"] >= 0.95 and r["fallbacks"] == 0]
+    fastest = max(valid, key=lambda r: r["tokens_per_s"] or 0.0)["backend"] if valid else None
+    write("decode", {"adapter": adapter, "prompts": len(prompts), "cases": [p["case"] for p in prompts],
+                     "max_new_tokens": args.max_new_tokens, "threads": torch.get_num_threads(),
+                     "load_average_start": [round(x, 2) for x in started],
+                     "load_average_end": [round(x, 2) for x in os.getloadavg()],
+                     "backends": rows, "fastest_valid": fastest,
+                     "rule": "fastest tokens/s among backends with valid-before-repair >= 0.95 and no fallback"})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
