@@ -452,9 +452,11 @@ def cmd_train_llm(args) -> int:
         raise CLIError(f"--data-dir {data} is not a folder (a BundleRec-layout folder, e.g. .../electronic)")
     gpu = torch.cuda.is_available()
     n = None if (args.full or (gpu and args.subset is None)) else (args.subset or tuning.CPU_SUBSET)
-    card = tuning.run_training(data, args.out, steps=args.steps, n_subset=n, seed=args.seed,
-                               lr=args.lr or tuning.LR, holdout_dev=not args.no_dev_holdout,
-                               progress=not args.json)
+    from eval.tuning_data import training_split  # the eval protocol's own training split
+
+    train, info, held_out = training_split(data, seed=0, holdout_dev=not args.no_dev_holdout)
+    card = tuning.run_training(train, info, held_out, args.out, steps=args.steps, n_subset=n, seed=args.seed,
+                               lr=args.lr or tuning.LR, progress=not args.json)
     t = card["training"]
     _emit(args, card, f"wrote {args.out} ({t['examples']} examples, {t['steps']} steps, {t['seconds']:.0f} s on "
                       f"{t['device']}; loss {t['losses'][0]:.3f} -> {t['losses'][-1]:.3f}); card: {args.out}/CARD.md")

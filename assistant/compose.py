@@ -72,6 +72,10 @@ MAX_BUILDS = 400  # combinations tried per request before settling for fewer bun
 # Product ranking within an option. Priors, not tuned on any test case: popularity
 # dominates (what shoppers actually buy for that slot), then the shopper's own taste.
 W_POPULARITY, W_PREFERENCE, W_RELEVANCE, W_FAVOURITE = 0.5, 0.3, 0.2, 0.3
+# A household's price level (the percentile it usually pays, from its history) pulls each
+# option towards products at that level: a store-brand shopper sees store brands. Same
+# scale as W_PREFERENCE, a prior like the others; guests have no level.
+W_PRICE_LEVEL = 0.3
 HEADLINE_REPEAT_PENALTY = 1.0
 # Semantic planning for needs the lexicon does not know.
 SEMANTIC_MIN_SIM = 0.35
@@ -228,6 +232,10 @@ class RolePlan(BaseModel):
     meal: bool = True
     default_servings: int | None = None
     roles: list[Role] = Field(default_factory=list)
+    # the plan without the narrowing to the kinds the request named ("spaghetti and
+    # meatballs" -> any pasta night): alternatives to fill up with when the named kinds
+    # alone cannot make enough distinct bundles
+    relaxed: RolePlan | None = None
 
     def summary(self) -> list[dict[str, Any]]:
         return [{"role": r.name, "options": [o.key for o in r.options], "optional": r.optional}
@@ -369,7 +377,11 @@ def plan_for(need: Need, types: TypeCatalogue, *, query_vec: np.ndarray | None =
     if occasion is not None:
         plan = _occasion_plan(occasion, need, banned, lexicon)
         if plan.roles:
-            return _with_asked_roles(plan, need, banned, lexicon, types)
+            relaxed = _occasion_plan(occasion, need, banned, lexicon, relaxed=True)
+            shaped = _with_asked_roles(plan, need, banned, lexicon, types)
+            if relaxed.roles and relaxed.summary() != plan.summary():
+                shaped.relaxed = _with_asked_roles(relaxed, need, banned, lexicon, types)
+            return shaped
     if query_vec is None:
         return None
     semantic = _semantic_plan(need, types, query_vec, complement_types, banned)
@@ -468,22 +480,48 @@ def _asked(spec: RoleSpec, need: Need) -> bool:
     return any(_alias_re(w).search(text) for w in {spec.key, spec.label.lower()})
 
 
-def _occasion_plan(occasion: Occasion, need: Need, banned: set[str], lexicon: Lexicon) -> RolePlan:
+def _without_words(text: str, words: Iterable[str]) -> str:
+    for w in words:
+        text = _word_re(w).sub(" ", text)
+    return text
+
+
+def _per_category(spec: RoleSpec) -> list[RoleSpec]:
+    """One option per catalogue category of ``spec`` (fresh and frozen patties, boneless
+    and bone-in breasts): the named kind alone still gives alternatives."""
+    if len(spec.match) < 2:
+        return [spec]
+    return [spec.model_copy(update={"key": f"{spec.key}#{i}", "match": [m], "headline": spec.label})
+            for i, m in enumerate(spec.match)]
+
+
+def _occasion_plan(occasion: Occasion, need: Need, banned: set[str], lexicon: Lexicon,
+                   relaxed: bool = False) -> RolePlan:
+    """The occasion's roles for this need. The kinds the request names fill their roles
+    ("steak dinner": the steak); with ``relaxed`` only the occasion's own words narrow
+    ("spaghetti" of "spaghetti and meatballs", "dog" of "food for my dog")."""
     roles: list[Role] = []
     text = _request_text(need)
+    alias_words = {w for a in occasion.aliases for w in a.lower().split()}
+    if relaxed:
+        text = " ".join(a for a in occasion.aliases if _word_re(a).search(text))
+    specific = _without_words(text, alias_words)
     claimed: set[str] = set()  # an option the request names narrows one role only
     for i, slot in enumerate(occasion.roles):
         every = [lexicon.roles[o] for o in slot.options]
         options = [o for o in every if _allowed_option(o, banned, lexicon)]
-        if not options and need.healthier:
-            options = _healthier_swaps(every, banned, lexicon)
+        if need.healthier:  # the dropped kinds' healthier swaps join the role's options
+            dropped = [o for o in every if o not in options]
+            options += [o for o in _healthier_swaps(dropped, banned, lexicon) if o not in options]
         if slot.ask:
             options = [o for o in options if _asked(o, need)]
         # "steak dinner", "spaghetti and meatballs", "wings and beer": the named kinds fill the role
         named = [o for o in options if o.key not in claimed and _names_option(o, text, slot.headline)]
+        if len(named) > 1 and not any(_names_option(o, specific, slot.headline) for o in named):
+            named = []  # a word of the occasion itself ("baby" essentials) names no kind in particular
         if named:
-            options = named
             claimed.update(o.key for o in named)
+            options = _per_category(named[0]) if slot.headline and len(named) == 1 and not relaxed else named
         if options:
             roles.append(Role(name=f"{occasion.key}-{i}", options=options, headline=slot.headline,
                               optional=slot.optional and not slot.ask and not named))
@@ -618,6 +656,7 @@ class ComposedBundle(BaseModel):
     headline: str
     prior: float
     types: list[str]
+    fallback: bool = False  # from the relaxed plan: shown after the bundles of the kinds named
 
     @property
     def total(self) -> float:
@@ -643,6 +682,7 @@ class Composition:
     optional: list[tuple[Role, RoleSpec]]  # every available option of each optional role
     portions: int | None
     budget: float | None
+    fallback: Composition | None = None  # the relaxed plan's, to fill up with
 
     def role_products(self, per_option: int = 3) -> list[str]:
         """The best products of every available option, for an LLM's candidate list."""
@@ -665,6 +705,7 @@ class ShopperContext:
     favourites: frozenset[str] = frozenset()
     demoted: frozenset[str] = frozenset()  # product ids or product types (session dislikes)
     boosted: frozenset[str] = frozenset()
+    price_level: float | None = None  # 0..1: the household's usual price percentile; None for a guest
 
 
 def jaccard(a: Iterable[str], b: Iterable[str]) -> float:
@@ -697,10 +738,13 @@ class Composer:
             norm = float(np.linalg.norm(ctx.preference))
             pref = ctx.preference / norm if norm > 0 else None
         top_pop = max(self.types.fact(i)[1] for i in ids) or 1.0
+        level = self._price_ranks(ids) if ctx.price_level is not None else {}
 
         def score(pid: str) -> float:
             _price, pop, _size, ptype, _cat = self.types.fact(pid)
             s = W_POPULARITY * pop / top_pop + W_RELEVANCE * float(ctx.relevance.get(pid, 0.0))
+            if level and ctx.price_level is not None:
+                s += W_PRICE_LEVEL * (1.0 - abs(level[pid] - ctx.price_level))
             if pref is not None and pid in vectors:
                 v = np.asarray(vectors[pid], dtype=np.float32)
                 n = float(np.linalg.norm(v))
@@ -713,6 +757,13 @@ class Composer:
             return round(s, 9)
 
         return sorted(ids, key=lambda i: (-score(i), i))
+
+    def _price_ranks(self, ids: list[str]) -> dict[str, float]:
+        """Each product's price percentile (0 cheapest .. 1 dearest) among ``ids``."""
+        if len(ids) < 2:
+            return {i: 0.5 for i in ids}
+        order = sorted(ids, key=lambda i: (self.types.fact(i)[0], i))
+        return {pid: rank / (len(order) - 1) for rank, pid in enumerate(order)}
 
     # -- one bundle -------------------------------------------------------------------
     def _item(self, pid: str, spec: RoleSpec, role: str, n: int | None) -> ComposedItem:
@@ -731,7 +782,7 @@ class Composer:
               forced: Mapping[str, str] | None = None, variant: int = 0) -> list[ComposedItem] | None:
         """Products and quantities for one combination of options; None when it cannot be
         filled or cannot meet the budget."""
-        slots = self._with_companions(choice)
+        slots = self._with_companions(choice, ranked)
         items: list[ComposedItem] = []
         used: set[str] = set()
         for role, spec in slots:
@@ -759,11 +810,16 @@ class Composer:
             by_role.setdefault(role.name, []).append((role, spec))
         return [opts[variant % len(opts)] for opts in by_role.values()]
 
-    def _with_companions(self, choice: Sequence[tuple[Role, RoleSpec]]) -> list[tuple[Role, RoleSpec]]:
+    def _with_companions(self, choice: Sequence[tuple[Role, RoleSpec]],
+                         ranked: Mapping[str, list[str]] | None = None) -> list[tuple[Role, RoleSpec]]:
+        """The choice plus the roles its options come with (patties -> buns); a companion
+        with no allowed product ("no buns") is left out rather than failing the bundle."""
         out = list(choice)
         keys = {s.key for _, s in out}
         for role, spec in choice:
             for w in spec.with_:
+                if ranked is not None and not ranked.get(w):
+                    continue
                 if w not in keys:
                     keys.add(w)
                     out.append((Role(name=f"{role.name}+{w}", options=[self.lexicon.roles[w]]), self.lexicon.roles[w]))
@@ -824,8 +880,10 @@ class Composer:
         keep = [(r, opts) for r in core
                 if (opts := [o for o in r.options if ranked.get(o.key)][:OPTIONS_PER_ROLE])]
         optional = [(r, o) for r in plan.roles if r.optional for o in r.options if ranked.get(o.key)]
+        fallback = self.prepare(plan.relaxed, need, ctx, budget) if plan.relaxed is not None else None
         return Composition(plan=plan, need=need, ranked=ranked, keep=keep, optional=optional,
-                           portions=portions(need, plan.meal, plan.default_servings), budget=budget)
+                           portions=portions(need, plan.meal, plan.default_servings), budget=budget,
+                           fallback=fallback)
 
     def compose(self, comp: Composition, k: int, max_jaccard: float = MAX_TYPE_JACCARD) -> list[ComposedBundle]:
         """Up to ``k`` mutually distinct bundles, most typical first."""
@@ -849,7 +907,8 @@ class Composer:
             choice = [(r, opts[i]) for (r, opts), i in zip(keep, idx)]
             if len({s.key for _, s in choice}) < len(choice):
                 continue
-            guess = {self._kind(ranked[s.key][0], s) for _, s in self._with_companions(choice)}
+            guess = {self._kind(ranked[s.key][0], s) for _, s in self._with_companions(choice, ranked)
+                     if ranked.get(s.key)}
             if any(jaccard(guess, b.types) > max_jaccard for b in picked):
                 continue  # cheap check before building: these kinds already overlap too much
             items = self.build(choice, optional, ranked, n, budget, variant=len(picked))
@@ -861,6 +920,13 @@ class Composer:
             picked.append(ComposedBundle(name=bundle_name(plan, head, need), items=items, headline=head,
                                          prior=prior, types=kinds))
             shown[head] = shown.get(head, 0) + 1
+        if len(picked) < k and comp.fallback is not None:
+            # the named kinds gave too few distinct bundles: the usual alternatives follow them
+            for b in self.compose(comp.fallback, k, max_jaccard):
+                if len(picked) >= k:
+                    break
+                if all(jaccard(b.types, p.types) <= max_jaccard for p in picked):
+                    picked.append(b.model_copy(update={"fallback": True}))
         return picked
 
     def snap(self, comp: Composition, item_ids: Sequence[str]) -> ComposedBundle | None:

@@ -135,6 +135,7 @@ class _Request:
     need: Need | None = None
     plan: RolePlan | None = None
     composition: Composition | None = None
+    secondary: set[tuple[str, ...]] = field(default_factory=set)  # composed fill-ins, ranked after the rest
 
 
 class BundleAssistant:
@@ -374,11 +375,14 @@ class BundleAssistant:
             embeddings=self._vectors_of,
             favourites=frozenset(req.profile.favourite_items),
             demoted=frozenset(req.demoted), boosted=frozenset(req.boosted),
+            price_level=_price_level(req.profile),
         )
         composer = self.composer
         req.composition = composer.prepare(req.plan, req.need, ctx, budget=req.constraints.budget)
         # exactly the alternatives to show: which of them leads is the reranker's call
         for b in composer.compose(req.composition, k=req.k):
+            if b.fallback:
+                req.secondary.add(tuple(b.item_ids))
             req.proposals.append(BundleCandidate(item_ids=b.item_ids, quantities=b.quantities, source="rule",
                                                  name=b.name))
         if not req.proposals:
@@ -508,6 +512,8 @@ class BundleAssistant:
             req.result = rerank(req.proposals, ctx, req.k)
         else:  # shown bundles are real alternatives: distinct product types
             full = rerank(req.proposals, ctx, None)
+            # the bundles of the kinds the shopper named lead; the usual alternatives follow
+            full.ranked.sort(key=lambda b: tuple(b.item_ids) in req.secondary)
             kinds = self.index.copurchase.product_type
             full.ranked = distinct(full.ranked, lambda b: {kinds.get(i, "") or i for i in b.item_ids}, req.k)
             req.result = full
@@ -567,6 +573,13 @@ def _need_constraints(need: Need, base: Constraints) -> Constraints:
                                                                             "dairy-free", "gluten-free")])
     merged.exclude = list(dict.fromkeys([*merged.exclude, *words]))
     return merged
+
+
+def _price_level(profile: UserProfile) -> float | None:
+    """A household's usual price percentile as 0..1 (its history shapes which products
+    fill the roles); None for a guest or a profile without one."""
+    pct = profile.price_percentile
+    return None if profile.is_guest or pct is None else min(1.0, max(0.0, float(pct) / 100.0))
 
 
 def _pricing_for(pricing, constraints: Constraints):

@@ -220,7 +220,6 @@ def run_backend(name: str, adapter: str | None, prompts: list[dict], max_new_tok
 
 def main() -> int:
     import torch
-
     from _common import write
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -130,3 +130,116 @@ def category_path_names(bundles: Sequence[Sequence[str]], catalogue: Any) -> lis
 def prompt_text(messages: Sequence[dict]) -> str:
     """A rendered prompt (``[{"role", "content"}]``) as the one string ``score_names`` reads."""
     return "\n".join(str(m.get("content", "")) for m in messages)
+
+
+# --- tuned vs base on the dev split (python -m eval.naming) ---------------------------
+
+
+def _grouping_run(llm: Any, cases: Sequence[Any], catalogue: Any, progress: bool) -> dict:
+    """The production grouping prompt and proposer over ``cases``; names as shown (a
+    blank model name falls back to the category path, as ``assistant.grouping`` does)."""
+    from tqdm.auto import tqdm
+
+    from assistant.grouping import MAX_ITEMS, common_name
+    from assistant.proposer import numbered, propose_with_llm
+    from prompts import render
+    from retrieval.candidates import Candidate
+
+    out: dict[str, list] = {"names": [], "raw_names": [], "bundles": [], "prompts": [], "reports": [],
+                            "path_names": []}
+    for case in tqdm(cases, desc=llm.name, disable=not progress, leave=False):
+        ids = list(dict.fromkeys(case.items))[:MAX_ITEMS]
+        shown = numbered([Candidate(i, 1.0, ["anchor"]) for i in ids], catalogue, MAX_ITEMS)
+        n_bundles = min(5, max(1, len(ids) // 2))
+        props = propose_with_llm(llm, "bundle_items", {}, shown, set(ids).__contains__, n_bundles=n_bundles,
+                                 min_size=2, max_size=4, max_new_tokens=150, timeout_s=60.0)
+        out["raw_names"].append([b.name for b in props.bundles])
+        out["names"].append([b.name.strip() or common_name(b.item_ids, catalogue) for b in props.bundles])
+        out["path_names"].append([common_name(b.item_ids, catalogue) for b in props.bundles])
+        out["bundles"].append([b.item_ids for b in props.bundles])
+        out["prompts"].append(prompt_text(render("bundle_items", candidates=shown, n_bundles=n_bundles, max_size=4)))
+        out["reports"].append(props.report)
+    return out
+
+
+def dev_comparison(n_cases: int = 40, adapter: str = "smollm2-bundles", seed: int = 0,
+                   progress: bool = True) -> dict:
+    """Base vs tuned SmolLM2 on the first ``n_cases`` bundlerec-generation DEV sessions of
+    ``seed`` (carved from training data): valid-before-repair, tokens, bundle and pair
+    scores, and name quality against the category-path names of the same bundles."""
+    import gc
+
+    import eval.protocols as P
+    from assistant.llm.adapter import check_adapter
+    from assistant.llm.loading import load_llm
+    from retrieval.sources import DEFAULT_BUNDLEREC, load_source
+
+    ds = load_source("bundlerec", DEFAULT_BUNDLEREC)
+    dev = P.bundlerec_generation_dev_of(P.bundlerec_generation(ds, seed), seed, n_cases)
+    check_adapter(adapter, dev)  # an adapter trained on these sessions would be refused here
+    catalogue = ds.products.set_index("product_id")
+    truth = [list(c.intents) for c in dev.cases]
+    runs: dict[str, dict] = {}
+    systems: dict[str, dict] = {}
+    result: dict[str, Any] = {"cases": len(dev.cases), "split": "dev", "seed": seed, "adapter": adapter,
+                              "systems": systems}
+    for label, kwargs in (("base", {}), ("tuned", {"adapter": adapter})):
+        llm = load_llm(device="cpu", **kwargs)
+        runs[label] = _grouping_run(llm, dev.cases, catalogue, progress)
+        del llm
+        gc.collect()
+    for label, run in runs.items():
+        reports = run["reports"]
+        proposed = sum(r.proposed for r in reports)
+        pairs = [(b, c.bundles) for b, c in zip(run["bundles"], dev.cases)]
+        sets, pm = M.bundle_generation_metrics(pairs), M.pair_metrics(pairs)
+        valid = sum(r.valid_before_repair for r in reports)
+        systems[label] = {
+            "valid_before_repair": round(valid / proposed, 3) if proposed else 0.0,
+            "proposed": proposed, "fallbacks": sum(r.fallback for r in reports),
+            "tokens_per_call": round(float(np.mean([r.new_tokens for r in reports])), 1),
+            "seconds_per_call": round(float(np.mean([r.latency_s for r in reports])), 2),
+            "precision": sets["precision"], "recall": sets["recall"], "pair_f1": pm["pair_f1"],
+            "names": score_names(run["names"], truth, run["prompts"], seed),
+            "category_path_names_same_bundles": score_names(run["path_names"], truth, None, seed),
+            "raw_empty_names": sum(not n.strip() for g in run["raw_names"] for n in g),
+            "sample": [{"intents": t, "names": n} for t, n in zip(truth[:6], run["names"][:6])],
+        }
+    s = systems
+    result["tests"] = {
+        "tuned_vs_base_names": compare_names(s["tuned"]["names"], s["base"]["names"], seed),
+        "tuned_vs_category_path": compare_names(s["tuned"]["names"], s["tuned"]["category_path_names_same_bundles"],
+                                                seed),
+        "base_vs_category_path": compare_names(s["base"]["names"], s["base"]["category_path_names_same_bundles"],
+                                               seed),
+    }
+    for row in s.values():  # per-case lists are for the tests above, not for the report
+        for key in ("names", "category_path_names_same_bundles"):
+            row[key].pop("per_case", None)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description="base vs tuned SmolLM2 on bundlerec-generation dev sessions")
+    parser.add_argument("--cases", type=int, default=40)
+    parser.add_argument("--adapter", default="smollm2-bundles")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("eval/results/naming-dev.json"))
+    args = parser.parse_args(argv)
+    result = dev_comparison(args.cases, args.adapter, args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(json.dumps({k: {m: v for m, v in row.items() if m != "sample"} for k, row in result["systems"].items()},
+                     indent=2, default=str))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -17,8 +17,10 @@ from assistant.llm.adapter import (
     apply_adapter,
     base_fingerprint,
     check_adapter,
+    domain_of,
     split_keys,
 )
+from eval.tuning_data import training_split
 from retrieval.sources import DEFAULT_BUNDLEREC, load_source
 
 
@@ -31,7 +33,7 @@ def electronic():
 
 @pytest.fixture(scope="module")
 def mined(electronic):
-    train, info, held_out = T.training_split(DEFAULT_BUNDLEREC, seed=0, holdout_dev=True)
+    train, info, held_out = training_split(DEFAULT_BUNDLEREC, seed=0, holdout_dev=True)
     return T.mine(train, 0, need_examples=50, info=info, held_out=held_out)
 
 
@@ -89,7 +91,7 @@ def test_eval_refuses_an_adapter_trained_on_its_test_split(electronic, tmp_path:
     # another seed's test split overlaps seed 0's training data: a seed-1 eval must refuse
     # an adapter trained on seed 0's training split
     train0 = T.sessions_with_bundles(P.bundlerec_generation(electronic, 0).train)
-    domain = T.domain_of(electronic)
+    domain = domain_of(electronic)
     seed0 = [f"{domain}:session:{s.session_id}" for s in train0]
     with pytest.raises(AdapterLeak):
         check_adapter(_fake_adapter(tmp_path / "seed0", seed0), P.bundlerec_generation(electronic, 1))

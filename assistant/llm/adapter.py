@@ -105,10 +105,23 @@ def apply_adapter(model: Any, adapter: str | Path, merge: bool = True) -> tuple[
 # --- leakage -------------------------------------------------------------------------
 
 
+def domain_of(ds: Any) -> str:
+    """A dataset's namespace in source ids: its source name and a hash of its catalogue
+    (ids and titles), so Electronic's session 12 is not Clothing's session 12. Every split
+    of one source keeps the whole catalogue, so train and test splits share it."""
+    products = ds.products.sort_values("product_id")
+    text = "\n".join(f"{i}\t{t}" for i, t in zip(products["product_id"].astype(str), products["title"].astype(str)))
+    return f"{ds.name}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def items_key(domain: str, items: Iterable[str]) -> str:
+    """A source id for a set of items (catches the same bundle under another id)."""
+    digest = hashlib.sha256(",".join(sorted(map(str, items))).encode()).hexdigest()[:16]
+    return f"{domain}:items:{digest}"
+
+
 def _case_keys(domain: str, case: Any, info: dict) -> set[str]:
     """Source ids a test case stands for, in the namespaces of the adapter's sources."""
-    from .tuning import items_key
-
     keys: set[str] = set()
     if hasattr(case, "bundles") and hasattr(case, "items"):  # a generation case: a session
         keys.add(f"{domain}:session:{case.case_id}")
@@ -122,8 +135,6 @@ def _case_keys(domain: str, case: Any, info: dict) -> set[str]:
 
 def split_keys(test_split: Any) -> set[str]:
     """Every source id an eval split's test cases stand for."""
-    from .tuning import domain_of
-
     domain = domain_of(test_split.train)
     keys: set[str] = set()
     for case in test_split.cases:

@@ -38,6 +38,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from .adapter import domain_of, items_key, split_keys
+
 TASKS = ("grouping", "naming", "need")
 # The CPU subset: what `train-llm` trains on by default (documented in the README). Its
 # size was picked so that one run fits 60 minutes on 2 idle CPU cores.
@@ -104,21 +106,6 @@ def short_name(text: str, limit: int = NAME_MAX) -> str:
             break
         out = candidate
     return out.rstrip(",;:-&") or words[0][:limit]
-
-
-def domain_of(ds: Any) -> str:
-    """The dataset's namespace in source ids: its source name and a hash of its catalogue
-    (ids and titles), so Electronic's session 12 is not Clothing's session 12. Every split
-    of one source keeps the whole catalogue, so train and test splits share it."""
-    products = ds.products.sort_values("product_id")
-    text = "\n".join(f"{i}\t{t}" for i, t in zip(products["product_id"].astype(str), products["title"].astype(str)))
-    return f"{ds.name}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
-
-
-def items_key(domain: str, items: Sequence[str]) -> str:
-    """A source id for a set of items (catches the same bundle under another id)."""
-    digest = hashlib.sha256(",".join(sorted(map(str, items))).encode()).hexdigest()[:16]
-    return f"{domain}:items:{digest}"
 
 
 # --- mining: BundleRec ---------------------------------------------------------------
@@ -331,7 +318,8 @@ def mine_needs(n: int, seed: int) -> list[Example]:
     """``n`` distinct synthetic shopper messages with the need each one states."""
     rng = random.Random(f"need-{seed}")
     vocab = _vocabulary()
-    out, seen = [], set()
+    out: list[Example] = []
+    seen: set[str] = set()
     for _ in range(n * 20):
         if len(out) >= n:
             break
@@ -369,38 +357,12 @@ def examples_fingerprint(examples: Sequence[Example]) -> str:
     return h.hexdigest()
 
 
-def training_split(data_path: Path | str, seed: int = 0, holdout_dev: bool = True) -> tuple[Any, dict, list[Any]]:
-    """The BundleRec training data an adapter may learn from, what it is, and the splits
-    held out from it (the test split, and the dev split with ``holdout_dev``).
-
-    Always the training part of ``bundlerec_generation(ds, seed)`` (no test session, no
-    test bundle). With ``holdout_dev`` its seeded dev share is held out as well, so the
-    tuned model can be measured on sessions it never saw (the shipped adapter's choice).
-    """
-    import eval.protocols as P
-    from retrieval.sources import load_source
-
-    ds = load_source("bundlerec", data_path)
-    outer = P.bundlerec_generation(ds, seed)
-    info = {"dataset": f"{Path(data_path).name} ({domain_of(ds)})", "protocol": "bundlerec-generation", "seed": seed,
-            "outer_test_sessions": outer.info["test_sessions"],
-            "outer_train_fingerprint": P.train_fingerprint(outer.train)}
-    if not holdout_dev:
-        return outer.train, {**info, "split": "train", "train_fingerprint": info["outer_train_fingerprint"]}, [outer]
-    dev = P.bundlerec_generation_dev_of(outer, seed)
-    info.update(split="train minus dev", dev_sessions=dev.info["test_sessions"],
-                train_fingerprint=P.train_fingerprint(dev.train))
-    return dev.train, info, [outer, dev]
-
-
 def without_held_out(examples: Sequence[Example], held_out: Sequence[Any]) -> tuple[list[Example], int]:
     """``examples`` minus any whose sources meet a held-out split's cases.
 
     Session and bundle ids never meet (the protocol removes them); what can is an item
     set: BundleRec labels some identical item sets twice, in a training and in a held-out
     session. Such an example is dropped, so the adapter passes the strictest check."""
-    from .adapter import split_keys
-
     keys: set[str] = set()
     for split in held_out:
         keys |= split_keys(split)
@@ -638,7 +600,9 @@ def write_card(out: Path, card: dict, sources: Sequence[str]) -> None:
 
 
 def run_training(
-    data_path: Path | str,
+    train_ds: Any,
+    info: dict,
+    held_out: Sequence[Any],
     out: Path,
     *,
     steps: int | None = None,
@@ -648,14 +612,14 @@ def run_training(
     lr: float = LR,
     max_items: int | None = None,
     max_tokens: int | None = None,
-    holdout_dev: bool = True,
-    split_seed: int = 0,
     device: str | None = None,
     model: str | None = None,
     name: str | None = None,
     progress: bool = True,
 ) -> dict:
-    """Mine, train and write the adapter folder. ``n_subset`` None: the full set (GPU)."""
+    """Mine ``train_ds`` (minus anything meeting ``held_out``), train, and write the
+    adapter folder. ``info`` describes the split (``eval.tuning_data.training_split``
+    makes all three). ``n_subset`` None: the full set (GPU)."""
     import torch
 
     from .adapter import base_fingerprint
@@ -664,7 +628,6 @@ def run_training(
     full = n_subset is None
     max_items = max_items or (GROUP_MAX_ITEMS if full else CPU_MAX_ITEMS)
     max_tokens = max_tokens or (4096 if full else MAX_TOKENS)
-    train_ds, info, held_out = training_split(data_path, seed=split_seed, holdout_dev=holdout_dev)
     mined = mine(train_ds, seed, max_items=max_items, need_examples=NEED_EXAMPLES, info=info, held_out=held_out)
     chosen = subset(mined.examples, n_subset, seed)
     steps = steps or max(1, math.ceil(len(chosen) / batch))  # one pass (CPU subset: 240 / 4 = 60 steps)

@@ -620,7 +620,10 @@ def handle(state: SessionState, text: str, parsed: Need | None = None, shown: Sh
         # a parsed head count and a "bigger" in the words: the count wins
         if any(m.kind == "rescale" and m.servings for m in moves):
             moves = [m for m in moves if not (m.kind == "rescale" and m.servings is None)]
-        return refine(state, moves, shown)
+        turn = refine(state, moves, shown)
+        if turn.kind == "none" and not turn.notes and _has_topic(parsed):
+            return _as_new_topic(state, parsed, said, shown)  # the same request again: asked afresh
+        return turn
     if _has_topic(parsed):
         return _as_new_topic(state, parsed, said, shown)
     return Turn(state=state, kind="none")
