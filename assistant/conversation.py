@@ -47,7 +47,15 @@ from retrieval.schema import Constraints
 
 from .constraints import ParsedMessage, expand_exclusions, mentions, sanitize_message
 from .feedback import FeedbackEvent, FeedbackStore, SessionSignal
-from .grounding import ground_reply, grounded_reason, product_vocabulary, template_reply
+from .grounding import (
+    check_sentence,
+    ground_reply,
+    grounded_reason,
+    grounding_context,
+    product_vocabulary,
+    split_sentences,
+    template_reply,
+)
 from .nlu import session as sm
 from .nlu.need import Need
 from .nlu.parser import chips as need_chips
@@ -786,7 +794,7 @@ class Conversation:
     def _search(self, search: _Search) -> Iterator[Reply]:
         fb = self.session_feedback.snapshot()  # read once for every pass of this turn
         profile = self.profile(fb)
-        base = {"chips": search.chips, "understood": [c.label for c in search.chips],
+        base: dict[str, Any] = {"chips": search.chips, "understood": [c.label for c in search.chips],
                 "profile_summary": self.profile_summary, "need": search.need}
         yield Reply(phase="thinking", **base)
 
@@ -794,7 +802,7 @@ class Conversation:
         try:
             first: Future[Recommendation] = pool.submit(self._recommend, search, "rule", fb, profile)
             intro, source = "", ""
-            for intro, source in self._intro(search.intro_request, base["understood"]):
+            for intro, source in self._intro(search.intro_request, base["understood"], search):
                 yield Reply(phase="intro", text=intro, intro_source=source, **base)  # type: ignore[arg-type]
             try:
                 rec = first.result()
@@ -853,18 +861,24 @@ class Conversation:
         except Exception:  # a model that cannot load: the service notes the fallback
             return False
 
-    def _intro(self, text: str, understood: list[str]) -> Iterator[tuple[str, str]]:
-        """(intro so far, "llm" or "fallback")."""
+    def _intro(self, text: str, understood: list[str], search: _Search | None = None) -> Iterator[tuple[str, str]]:
+        """(intro so far, "llm" or "fallback"). While the cards are not known yet, the
+        streamed text already passes every grounding rule but "unshown" (checked with the
+        cards, in :meth:`_show`): a sentence about the assistant, a price or an echo of
+        the message ends the stream and the fixed sentence is used."""
         fallback = (fallback_intro(understood), "fallback")
         if not self.llm_intro:
             yield fallback
             return
+        ctx = grounding_context([], search.need if search else None, search.message if search else "")
         try:
             llm = self.assistant.llm
             if _llm_busy(llm):
                 yield fallback
                 return
             for intro in stream_intro(llm, text, timeout_s=self.intro_timeout_s):
+                if any(check_sentence(s, ctx) not in (None, "unshown") for s in split_sentences(intro)):
+                    raise ValueError(f"ungrounded intro: {intro!r}")
                 yield intro, "llm"
         except Exception as exc:  # LLMError, a refusal, a timeout: the fixed sentence
             log.info("intro fell back: %s", exc)

@@ -21,7 +21,9 @@ in a list of the same depth.
   optional back-off). Both are probabilities of "i is in the basket", so one weight mixes
   them. BundleRec cases carry no household, so there ``repeat`` is 0 and the baseline is
   confidence co-occurrence with back-off. ``w``, ``min_count`` and the back-off are chosen
-  on the dev split (``--tune-baselines``).
+  on the dev split (``--tune-baselines``), and so is the level: ``sku`` as above, or
+  ``type``, where the confidence is between product types and goes to one product per
+  type (the household's usual one, else the type's best seller).
 * ``itemknn``: item-based top-N (Deshpande & Karypis, "Item-based top-N recommendation
   algorithms", TOIS 2004): item-item cosine ``n(i,j) / sqrt(n(i)·n(j))`` over training
   baskets (bundles and sessions on BundleRec), each item keeping its K = 10 most similar
@@ -72,6 +74,8 @@ class BaselineData:
     _rows: dict[str, tuple[np.ndarray, np.ndarray, float, np.ndarray]] = field(default_factory=dict, repr=False)
     _knn: dict[tuple[str, int], list[tuple[str, float]]] = field(default_factory=dict, repr=False)
     _diag: np.ndarray | None = field(default=None, repr=False)
+    _best_of_type: dict[str, str] | None = field(default=None, repr=False)
+    _usual: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
 
     def row(self, pid: str) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
         """(co-occurring ids, pair counts, n(pid), n(each id)) from the training co-purchase table."""
@@ -99,6 +103,36 @@ class BaselineData:
         if backoff and not keep.any():
             keep = counts >= 1
         return keys[keep], counts[keep], n_a, n_b[keep]
+
+    def type_pair_counts(self, anchor: str, min_count: float, user: str
+                         ) -> tuple[np.ndarray, np.ndarray, float]:
+        """The anchor's product type's co-occurring types (pairs seen >= ``min_count``
+        times), each as one product: the user's usual one of that type, else its best
+        seller; (products, pair counts, n(anchor's type))."""
+        table = self.copurchase.types
+        own = self.copurchase.product_type.get(anchor, "")
+        i = table.index(own) if own else None
+        if i is None:
+            return np.array([], dtype=str), np.array([], dtype=np.float64), 0.0
+        if self._best_of_type is None:
+            self._best_of_type = {}
+            for pid in self.popular:  # most popular first: the first of a type is its best seller
+                self._best_of_type.setdefault(self.copurchase.product_type.get(pid, ""), pid)
+        if user not in self._usual:
+            usual: dict[str, str] = {}
+            for pid in self.history.get(user, []):  # most baskets first
+                usual.setdefault(self.copurchase.product_type.get(pid, ""), pid)
+            self._usual[user] = usual
+        r = table.counts.getrow(i)
+        keep = (r.indices != i) & (r.data >= min_count)
+        products, counts = [], []
+        for col, count in zip(r.indices[keep], r.data[keep]):
+            t = str(table.keys[col])
+            pid = self._usual[user].get(t) or self._best_of_type.get(t)
+            if t and pid:
+                products.append(pid)
+                counts.append(float(count))
+        return np.array(products, dtype=str), np.array(counts, dtype=np.float64), float(table.counts[i, i])
 
     def knn(self, pid: str, k: int = 10) -> list[tuple[str, float]]:
         """The ``k`` items most cosine-similar to ``pid`` (ties by id)."""
@@ -204,8 +238,12 @@ def cooccurrence_ranking(case: CompletionCase, data: BaselineData, depth: int, m
 
 
 def blend_ranking(case: CompletionCase, data: BaselineData, depth: int, weight: float = 0.5,
-                  min_count: float = 3, backoff: bool = False) -> list[str]:
-    """``weight·repeat + (1 − weight)·confidence``, both in [0, 1] (see the module doc)."""
+                  min_count: float = 3, backoff: bool = False, level: str = "sku") -> list[str]:
+    """``weight·repeat + (1 − weight)·confidence``, both in [0, 1] (see the module doc).
+
+    ``level="type"`` takes the confidence between product types instead (type pairs seen
+    ``min_count`` times) and gives it to one product of each type: the household's usual
+    one of that type, else the type's best seller."""
     score: dict[str, float] = {}
     if weight > 0:
         for pid, share in data.repeat.get(str(case.user_id), {}).items():
@@ -213,7 +251,9 @@ def blend_ranking(case: CompletionCase, data: BaselineData, depth: int, weight: 
     if weight < 1 and case.anchors:
         per_anchor = (1.0 - weight) / len(case.anchors)
         for anchor in case.anchors:
-            keys, counts, n_a, _ = data.pair_counts(anchor, min_count, backoff)
+            pairs = (data.pair_counts(anchor, min_count, backoff) if level == "sku"
+                     else data.type_pair_counts(anchor, min_count, str(case.user_id)))
+            keys, counts, n_a = pairs[0], pairs[1], pairs[2]
             for key, c in zip(keys.tolist(), (counts / n_a).tolist() if n_a else []):
                 score[key] = score.get(key, 0.0) + per_anchor * c
     return _fill(_ranked(score), case, data, depth)
@@ -260,7 +300,7 @@ def default_choices(protocol: str) -> dict[str, dict]:
     return {
         "cooccurrence": {"min_count": min_count, "backoff": False},
         "buy-again+cooccurrence": {"weight": 0.5 if protocol == "cj-completion" else 0.0,
-                                   "min_count": min_count, "backoff": False},
+                                   "min_count": min_count, "backoff": False, "level": "sku"},
         "itemknn": {"k": KNN_K, "history_weight": 0.0},
     }
 
@@ -272,7 +312,7 @@ def completion_baselines(
     (:func:`default_choices` layout), ``min_count`` the co-occurrence default without them."""
     choices = choices or {}
     cooc = {"min_count": min_count, "backoff": False, **choices.get("cooccurrence", {})}
-    blend = {"weight": 0.5 if with_buy_again else 0.0, "min_count": min_count, "backoff": False,
+    blend = {"weight": 0.5 if with_buy_again else 0.0, "min_count": min_count, "backoff": False, "level": "sku",
              **choices.get("buy-again+cooccurrence", {})}
     knn = {"k": KNN_K, "history_weight": 0.0, **choices.get("itemknn", {})}
     if not with_buy_again:  # no household: the repeat term is 0 whatever the weight
@@ -287,7 +327,7 @@ def completion_baselines(
     if with_buy_again:
         out["buy-again"] = buy_again_ranking
     out["buy-again+cooccurrence"] = lambda c, d, k: blend_ranking(
-        c, d, k, blend["weight"], blend["min_count"], blend["backoff"])
+        c, d, k, blend["weight"], blend["min_count"], blend["backoff"], blend.get("level", "sku"))
     out["itemknn"] = lambda c, d, k: itemknn_ranking(c, d, k, knn["k"], knn["history_weight"])
     return out
 
@@ -305,7 +345,10 @@ OVERLAP_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 def tuning_grid(protocol: str) -> dict[str, list[dict]]:
     """Every parameter set tried on the dev split, per tuned baseline."""
     history = protocol == "cj-completion"
-    blend = [{"weight": w, **c} for w in (BLEND_WEIGHTS if history else (0.0,)) for c in COOC_GRID]
+    weights = BLEND_WEIGHTS if history else (0.0,)
+    blend = [{"weight": w, **c, "level": "sku"} for w in weights for c in COOC_GRID]
+    # type level: back-off is moot (type pairs are dense); min_count in {1, 3, 10}
+    blend += [{"weight": w, "min_count": m, "backoff": False, "level": "type"} for w in weights for m in (1, 3, 10)]
     knn = [{"k": KNN_K, "history_weight": h} for h in (KNN_HISTORY_WEIGHTS if history else (0.0,))]
     return {"cooccurrence": list(COOC_GRID), "buy-again+cooccurrence": blend, "itemknn": knn}
 
@@ -314,7 +357,8 @@ def tuned_ranking(name: str, params: dict) -> Ranking:
     if name == "cooccurrence":
         return lambda c, d, k: cooccurrence_ranking(c, d, k, params["min_count"], params["backoff"])
     if name == "buy-again+cooccurrence":
-        return lambda c, d, k: blend_ranking(c, d, k, params["weight"], params["min_count"], params["backoff"])
+        return lambda c, d, k: blend_ranking(c, d, k, params["weight"], params["min_count"], params["backoff"],
+                                             params.get("level", "sku"))
     if name == "itemknn":
         return lambda c, d, k: itemknn_ranking(c, d, k, params["k"], params["history_weight"])
     raise KeyError(name)

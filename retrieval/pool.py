@@ -301,7 +301,9 @@ class UserHistory:
         tx = _basket_rows(interactions, catalogue)
         if tx.empty:
             return cls.empty()
-        tx["user"] = tx["user_id"].astype(str).map(key_of)
+        raw = tx["user_id"].astype(str)
+        keys_of = {u: key_of(u) for u in raw.unique()}  # a pseudonym (an HMAC) per user, not per row
+        tx["user"] = raw.map(keys_of)
         last = tx.groupby("user")["day"].transform("max")
         tx["w"] = np.power(0.5, (last - tx["day"]) / half_life_days)
         users = tx.groupby("user").agg(n=("basket", "nunique"), first=("day", "min"), last=("day", "max"))

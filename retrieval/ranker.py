@@ -468,9 +468,12 @@ def _days(interactions: pd.DataFrame) -> np.ndarray:
 
 def _history_data(hist: pd.DataFrame, extras: dict, products: pd.DataFrame, embeddings: np.ndarray,
                   cfg: RankerConfig, with_users: bool) -> RankerData:
+    """Everything a training query may read, from the history part only. Basket data sells
+    only what the history sold (the eval's training catalogue is what its weeks sold);
+    bundle data keeps the catalogue's own stock (BundleRec has no sales to go by)."""
     cop = CoPurchase.build(training_baskets(hist, extras), products)
     pop = popularity_of(hist, products)
-    cat = CatalogueArrays.from_products(products, embeddings, pop, sellable=pop > 0)  # sellable: sold in the history
+    cat = CatalogueArrays.from_products(products, embeddings, pop, sellable=pop > 0 if with_users else None)
     history = UserHistory.build(hist, cat, cfg.half_life_days) if with_users else UserHistory.empty()
     return RankerData(cat, CoStats(cop, cat), history)
 

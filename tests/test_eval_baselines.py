@@ -58,6 +58,27 @@ def test_blend_moves_from_cooccurrence_to_buy_again_with_its_weight(data) -> Non
     assert B.blend_ranking(case("A"), data, 2, weight=0.5, min_count=1) == ["B", "C"]
 
 
+def test_type_level_blend_gives_the_types_confidence_to_the_households_usual_product() -> None:
+    # A is a "main"; B and C are two products of one "side" type. Baskets: {A,B} {A,C} {A,C}
+    # (u2) and {B} (u1). Type pair (main, side) seen 3 times of n(main) = 3: confidence 1.
+    rows = [("b1", "u2", "A"), ("b1", "u2", "B"), ("b2", "u2", "A"), ("b2", "u2", "C"),
+            ("b3", "u2", "A"), ("b3", "u2", "C"), ("b4", "u1", "B")]
+    tx = pd.DataFrame([(b, u, p, i) for i, (b, u, p) in enumerate(rows)],
+                      columns=["basket_id", "user_id", "product_id", "timestamp"])
+    ids = ["A", "B", "C", "Q"]
+    products = pd.DataFrame({"product_id": ids, "product_type": ["main", "side", "side", "other"]})
+    data = B.BaselineData(
+        ids=np.array(ids), in_stock=np.ones(4, dtype=bool), popular=["C", "A", "B", "Q"],
+        embeddings=np.eye(4), row_of=pd.Series(range(4), index=ids),
+        copurchase=CoPurchase.build(tx[["basket_id", "product_id"]], products),
+        history=B.purchase_history(tx), repeat=B.repeat_shares(tx))
+    # u1 buys B: the side type's confidence goes to B; a stranger gets the best seller, C
+    assert B.blend_ranking(case("A", user="u1"), data, 1, weight=0.0, min_count=1, level="type") == ["B"]
+    assert B.blend_ranking(case("A", user="nobody"), data, 1, weight=0.0, min_count=1, level="type") == ["C"]
+    # at SKU level, C (seen twice with A) leads whoever asks
+    assert B.blend_ranking(case("A", user="u1"), data, 1, weight=0.0, min_count=1) == ["C"]
+
+
 def test_cooccurrence_backs_off_to_pairs_seen_once_only_when_asked(data) -> None:
     # C has no pair seen twice. Lift(C,D) = 1·6/(2·2) = 1.5, lift(C,A) = 1·6/(2·4) = 0.75.
     assert B.cooccurrence_ranking(case("C"), data, 2, min_count=2) == ["Q", "P"]  # popular only
@@ -88,7 +109,8 @@ def test_baselines_never_return_an_anchor_and_fill_to_depth(data) -> None:
 
 def test_tuning_grids_list_the_documented_settings() -> None:
     cj = B.tuning_grid("cj-completion")
-    assert len(cj["buy-again+cooccurrence"]) == len(B.BLEND_WEIGHTS) * len(B.COOC_GRID)
+    assert len(cj["buy-again+cooccurrence"]) == len(B.BLEND_WEIGHTS) * (len(B.COOC_GRID) + 3)
+    assert {g["level"] for g in cj["buy-again+cooccurrence"]} == {"sku", "type"}
     assert {g["weight"] for g in cj["buy-again+cooccurrence"]} == set(B.BLEND_WEIGHTS)
     br = B.tuning_grid("bundlerec-completion")  # no household: nothing to weigh
     assert {g["weight"] for g in br["buy-again+cooccurrence"]} == {0.0}

@@ -166,3 +166,18 @@ def test_adapter_loads_on_the_base_and_changes_it_and_the_base_stays_the_base(tr
     (adapter / "card.json").write_text(json.dumps(card))
     with pytest.raises(AdapterError, match="fingerprint"):
         apply_adapter(base.model, adapter)
+
+
+def test_the_shipped_adapter_never_saw_seed_0s_test_or_dev_sessions(electronic) -> None:
+    from assistant.llm.adapter import PACKAGED_ADAPTER, read_card, resolve_adapter
+
+    folder = resolve_adapter(PACKAGED_ADAPTER)
+    card = read_card(folder)
+    assert card["data"]["seed"] == 0 and card["data"]["split"] == "train minus dev"
+    assert (folder / "adapter_model.safetensors").stat().st_size < 4_000_000
+    assert (folder / "loss_curve.png").is_file() and card["training"]["steps"] == len(card["training"]["losses"])
+    test = P.bundlerec_generation(electronic, 0)
+    check_adapter(folder, test)  # the eval's refusal does not fire
+    check_adapter(folder, P.bundlerec_generation_dev_of(test, 0))
+    with pytest.raises(AdapterLeak):  # while seed 1's test split holds sessions it learnt from
+        check_adapter(folder, P.bundlerec_generation(electronic, 1))
