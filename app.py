@@ -678,7 +678,7 @@ def build_app(
                         bundles_json = gr.JSON(visible=False)
 
                 chat_outputs = [chatbot, bundles_json, message, understood, *card_views, *slots, session_state]
-                common = {"show_progress": "hidden", "concurrency_limit": None}
+                common: dict[str, Any] = {"show_progress": "hidden", "concurrency_limit": None}
                 message.submit(respond, [message, persona, session_state], chat_outputs, api_name="chat", **common)
                 send.click(respond, [message, persona, session_state], chat_outputs, api_name="send", **common)
                 for button, (label, api) in zip(chip_buttons, CHIPS):
@@ -687,7 +687,7 @@ def build_app(
                 # the cart's lines follow every change of the cart (a step of its own, so the
                 # add/empty/persona endpoints keep their outputs for gradio_client)
                 line_outputs = [*line_views, *line_slots]
-                hidden = {"api_visibility": "private", "show_progress": "hidden"}
+                hidden: dict[str, Any] = {"api_visibility": "private", "show_progress": "hidden"}
                 persona.change(set_persona, [persona, session_state],
                                [chatbot, bundles_json, understood, *card_views, *slots, cart_view, cart_json,
                                 persona_info, session_state], api_name="set_persona"

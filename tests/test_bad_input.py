@@ -512,12 +512,13 @@ def test_quarantine_report_neutralises_formulas(tmp_path, embedder, settings):
     path.write_text("product_id,title,price\nP1,Milk,2.5\nP2,Eggs,=cmd|' /C calc'!A0\n"
                     "=HYPERLINK(\"http://x\"),Bread,\n")
     s = settings()
-    build(load_source("csv", path, settings=s), s, embedder)
+    # 2 of 3 rows are rejected: a partial build on purpose (the guard refuses it otherwise)
+    build(load_source("csv", path, settings=s), s, embedder, allow_partial=True)
     from retrieval.index import read_current
 
     report = s.data_dir / read_current(s.data_dir)["folder"] / "quarantine.csv"
     cells = _cells(report)
-    assert len(cells) == 5 * 3 and not [c for c in cells if _formula(c)]
+    assert len(cells) == 6 * 3 and not [c for c in cells if _formula(c)]
     assert "'=cmd|' /C calc'!A0" in cells
 
 

@@ -130,7 +130,7 @@ def test_index_csv_prints_what_was_loaded_and_rejected(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "index", "--source", "csv", "--path", shop, "--map", CSV_MAP, "--data-dir", data)
     assert code == 0
     assert "index unchanged" in out and "rejected rows 3" in out
-    assert "interactions.csv row 3 field product_id: unknown product ('A9')" in out
+    assert "interactions.csv line 4 field product_id: unknown product ('A9')" in out  # file lines: header = line 1
     # and the index serves
     code, out, _ = run_cli(capsys, "search", "pasta", "--data-dir", data, "--json", "--k", 2)
     assert code == 0 and {h["product_id"] for h in json.loads(out)} <= {"A1", "A2", "A4"}

@@ -268,7 +268,8 @@ def test_csv_source_with_column_mapping(tmp_path):
     assert tx["timestamp"].iloc[2] == pd.Timestamp("2024-03-01 10:00")  # unix seconds parse too
     # a single catalogue file works without a folder
     single = load_source("csv", tmp_path / "shop" / "products.csv", column_map=CSV_MAP)
-    assert len(single.products) == 3 and single.interactions.empty
+    # and the interactions file beside it is picked up
+    assert len(single.products) == 3 and len(single.interactions) == len(ds.interactions)
 
 
 def test_parquet_source(tmp_path):
