@@ -87,6 +87,14 @@ MAX_DISMISSED_EXTRA = 6  # extra bundles asked for so that dismissed ones can be
 # "cheaper" with nothing 20% under the top bundle: caps tried next, as shares of its price
 CHEAPER_RETRY_FACTORS = (0.9, 1.0)
 CHEAPEST_NOTE = "That is about as cheap as this gets with every part of the meal kept."
+# A message that asks for other bundles of the same need ("other options", "something else")
+_OTHERS_RE = re.compile(
+    r"\b(?:other|different|more|new)\s+(?:options|bundles|ideas|choices|suggestions)\b|\bsomething else\b|"
+    r"\b(?:show|give) me (?:more|others|other ones)\b|\botras opciones\b|\balgo (?:más|mas|diferente|distinto)\b",
+    re.IGNORECASE)
+REFINE_QUESTION = "What should I change? For example “cheaper”, “add a drink” or “for 6 instead”."
+REFINE_SUGGESTIONS = ("Cheaper", "Add a drink", "Other options")
+NO_OTHERS_NOTE = "Those are all the bundles I have for this. Try a change, like “cheaper” or “add a drink”."
 FALLBACK_INTRO = "Here are a few bundles I put together for you."
 LLM_BUSY_NOTE = "The assistant's language model is busy with other shoppers; showing rule-based bundles."
 ERROR_REPLY = "Sorry, something went wrong while I was looking for bundles. Please try again."
@@ -444,6 +452,7 @@ class _Search:
     message: str
     intro_request: str
     notes: list[str] = field(default_factory=list)
+    skip: set[str] = field(default_factory=set)  # bundle keys left out this turn only ("other options")
 
 
 @dataclass
@@ -717,7 +726,14 @@ class Conversation:
             self._hold(parsed)
             return self._clarify(parsed)
         if turn.kind == "none" and not turn.notes:
-            return self._clarify(parsed)
+            if self.session.base is None:
+                return self._clarify(parsed)
+            if _OTHERS_RE.search(text):  # the same need, other bundles than these
+                search = self._search_for(self.session, text, text, [])
+                search.skip = {bundle_key(b) for b in self.shown}
+                return search
+            return _Answer(REFINE_QUESTION, self.chips, suggestions=list(REFINE_SUGGESTIONS),
+                           bundles=list(self.shown), need=self.need)
         if turn.kind == "new_need":
             turn = self._with_held(turn)
             if parsed.text:
@@ -793,6 +809,7 @@ class Conversation:
 
     def _search(self, search: _Search) -> Iterator[Reply]:
         fb = self.session_feedback.snapshot()  # read once for every pass of this turn
+        fb.dismissed |= search.skip
         profile = self.profile(fb)
         base: dict[str, Any] = {"chips": search.chips, "understood": [c.label for c in search.chips],
                 "profile_summary": self.profile_summary, "need": search.need}
@@ -813,6 +830,9 @@ class Conversation:
             pool.shutdown(wait=False)
 
         recorded: set[str] = set()
+        if not self._visible(rec, fb) and search.skip:
+            yield Reply(phase="final", text=NO_OTHERS_NOTE, bundles=list(self.shown), done=True, **base)
+            return
         if not self._visible(rec, fb):
             softer = self._softer_cheaper(search, fb, profile)
             if softer is None:

@@ -256,9 +256,9 @@ def propose_with_rules(
     """Deterministic bundles that follow the item ranker's relevance (``Candidate.score``).
 
     The anchors and pinned products are in every bundle. Each bundle is seeded by the
-    most relevant candidate no earlier bundle used (of a type the given products do not
-    have), then grown with the most relevant candidate of a product type the bundle does
-    not have yet, while the running list price stays under the budget. A candidate an
+    most relevant candidate no earlier bundle used, then grown with the most relevant
+    candidate of a product type the bundle does not have yet, while the running list
+    price stays under the budget. A candidate an
     earlier bundle already holds counts half its relevance, so the bundles, read in
     order, walk down the relevance list instead of repeating its head; equal relevance
     goes to the better mean NPMI with the bundle so far, then to the product id."""
@@ -273,12 +273,12 @@ def propose_with_rules(
         price.setdefault(p, float(catalogue.at[p, "price"]))
         ptype.setdefault(p, str(catalogue.at[p, "product_type"]))
     budget = constraints.budget
-    given_types = {ptype.get(i) for i in given} - {"", None}
     bundles: list[BundleCandidate] = []
     seen: set[frozenset] = set()
     used: set[str] = set()
-    seeds = [c for c in ranked if not ptype.get(c.product_id) or ptype.get(c.product_id) not in given_types]
-    for seed in seeds or ([None] if len(given) >= min_size else []):
+    # a seed may share a given product's type: the ranker learned when that is wanted
+    # (a second lens for a camera kit) and when it is a mere substitute
+    for seed in ranked or ([None] if len(given) >= min_size else []):
         if len(bundles) >= n_bundles:
             break
         if seed is not None and seed.product_id in used:

@@ -247,7 +247,7 @@ class RankerConfig(BaseModel):
     min_types: int = 4  # a label basket needs this many distinct product types
     min_history_baskets: int = 5
     max_queries: int = 3000
-    bundle_folds: int = 4
+    bundle_folds: int = 10  # a fold's bundles and their sessions leave its history: small folds keep it close to the full data
     max_held_per_bundle: int = 3
     valid_share: float = 0.2
     min_queries: int = 40  # fewer training queries than this: the fallback blend ranks

@@ -78,8 +78,8 @@ FEATURES: tuple[str, ...] = (
     # ... and of its product type (cj-completion is scored by type)
     "type_baskets", "type_share", "type_decayed", "type_days_since", "type_interval", "type_due",
     # SKU co-occurrence with the anchors (max and mean over anchors)
-    "cooc_count_max", "cooc_count_mean", "cooc_conf_max", "cooc_conf_mean", "cooc_lift_max",
-    "cooc_npmi_max", "cooc_npmi_mean",
+    "cooc_count_max", "cooc_count_mean", "cooc_conf_max", "cooc_conf_mean", "cooc_lift_max", "cooc_lift_mean",
+    "cooc_npmi_max", "cooc_npmi_mean", "cooc_linked",  # linked: share of the anchors it was ever bought with
     # type-level co-occurrence with the anchors' types
     "tcooc_count_max", "tcooc_conf_max", "tcooc_conf_mean", "tcooc_lift_max", "tcooc_npmi_max", "tcooc_npmi_mean",
     # embedding cosines
@@ -94,7 +94,7 @@ _GROUPS: dict[str, tuple[str, ...]] = {
                "usual_of_type", "from_repeat"),
     "type_repeat": ("type_baskets", "type_share", "type_decayed", "type_days_since", "type_interval", "type_due"),
     "together": ("cooc_count_max", "cooc_count_mean", "cooc_conf_max", "cooc_conf_mean", "cooc_lift_max",
-                 "cooc_npmi_max", "cooc_npmi_mean", "from_cooc", "from_cooc_once"),
+                 "cooc_lift_mean", "cooc_npmi_max", "cooc_npmi_mean", "cooc_linked", "from_cooc", "from_cooc_once"),
     "type_together": ("tcooc_count_max", "tcooc_conf_max", "tcooc_conf_mean", "tcooc_lift_max", "tcooc_npmi_max",
                       "tcooc_npmi_mean", "from_type_cooc", "same_type_as_anchor"),
     "similar": ("cos_anchor_max", "cos_anchor_mean", "from_similar"),
@@ -155,6 +155,7 @@ def features(data: RankerData, ctx: RankingContext, rows: np.ndarray, flags: Seq
             put(f"cooc_{short}_max", sku[key].max(axis=0))
             if f"cooc_{short}_mean" in _COL:
                 put(f"cooc_{short}_mean", sku[key].mean(axis=0))
+        put("cooc_linked", (sku["count"] > 0).mean(axis=0))
         anchor_codes = [int(cat.type_code[a]) for a in ctx.anchors]
         typ = data.costats.type_pairs(anchor_codes, codes)
         same = (codes.reshape(1, -1) == np.array(anchor_codes).reshape(-1, 1)) & (codes.reshape(1, -1) >= 0)
@@ -561,11 +562,16 @@ def _without_bundles(interactions: pd.DataFrame, extras: dict[str, pd.DataFrame]
         derived = ub[ub["bundle ID"].astype(str).isin(held)].merge(bi[bi["bundle ID"].astype(str).isin(held)],
                                                                   on="bundle ID")
         day = pd.to_numeric(derived["timestamp"], errors="coerce") // 86400
-        keys = set(zip("u" + derived["user ID"].astype(str) + "-d" + day.astype("Int64").astype(str),
-                       derived["item ID"].astype(str)))
+        basket = "u" + derived["user ID"].astype(str) + "-d" + day.astype("Int64").astype(str)
+        # a multiset difference, as the eval's hold-out does: the same bundle bought twice
+        # (the data has many duplicate bundles) leaves one copy of its rows behind
+        need = pd.Series(list(zip(basket, derived["item ID"].astype(str)))).value_counts()
         pairs = pd.Series(list(zip(interactions["basket_id"].astype(str), interactions["product_id"].astype(str))),
                           index=interactions.index)
-        drop |= pairs.isin(keys) & (interactions["event"].astype(str) == "purchase")
+        bought = (interactions["event"].astype(str) == "purchase") & pairs.isin(set(need.index))
+        copy = pairs[bought].groupby(pairs[bought]).cumcount()
+        limit = pairs[bought].map(need)
+        drop.loc[copy.index] |= (copy < limit).to_numpy()
     rest = {"bundle_item": bi[~bi["bundle ID"].astype(str).isin(held)]}
     return interactions[~drop.to_numpy()].reset_index(drop=True), rest
 

@@ -309,3 +309,13 @@ def test_llm_extraction_only_adds_what_the_message_backs():
     assert invented.budget is None and invented.servings is None
     wanted = merge_extraction(parse_message("pasta with cheese"), ExtractedConstraints(exclude=["cheese"]))
     assert wanted.exclusions == []  # asked for, so never excluded
+
+
+def test_other_options_shows_other_bundles_of_the_same_need(conv):
+    first = final(conv, "pasta night")
+    reply = final(conv, "show me other options")
+    assert reply.need.occasion == "pasta" and not reply.question
+    assert not {bundle_key(b) for b in first.bundles} & {bundle_key(b) for b in reply.bundles}
+    # a message that changes nothing asks what to change, keeping the cards
+    what = final(conv, "hmm")
+    assert what.question and what.suggestions and what.bundles == conv.shown

@@ -137,3 +137,14 @@ def test_lexicon_references_are_defined():
     for group, kinds in [*lexicon.groups.items(), *lexicon.healthier_swaps.items()]:
         assert kinds and all(k in lexicon.roles for k in kinds), group
     assert set(lexicon.healthier_swaps) <= set(lexicon.roles)
+
+
+@pytest.mark.parametrize("message, chip", [
+    ("with guacamole", "with guacamole"), ("plus some chips", "with chip"), ("swap the salsa", "no salsa"),
+    ("get rid of the beef", "no beef"), ("we are 6", "for 6"), ("agrega postre", "+ dessert"),
+    ("vegetarian instead", "vegetarian"), ("sin carne", "no meat"), ("double it", "for 8"),
+])
+def test_follow_ups_refine_the_need_under_way(message, chip):
+    turn = say(start("taco night for four"), message)
+    assert turn.kind == "refine" and turn.state.need.occasion == "tacos"
+    assert [c.label for c in turn.state.chips] == [chip]

@@ -115,7 +115,16 @@ _ADD_RE = re.compile(
     rf"unos|unas|algo de|algún|alguna)\s+)?(?P<x>{_ITEMS})", re.IGNORECASE)
 _WITHOUT_RE = re.compile(
     rf"\b(?:without|w/o|no|sin|minus|hold the|skip(?: the)?|remove(?: the)?|drop(?: the)?|take out(?: the)?|"
-    rf"lose the)\s+(?:(?:the|any|el|la|los|las)\s+)?(?P<x>{_ITEMS})", re.IGNORECASE)
+    rf"lose the|swap(?: out)?(?: the)?|replace(?: the)?|get rid of(?: the)?|quita(?:r)?(?: el| la)?)\s+"
+    rf"(?:(?:the|any|el|la|los|las)\s+)?(?P<x>{_ITEMS})", re.IGNORECASE)
+# "with guacamole", "plus some chips", "con aguacate": an item the bundle must have
+_WITH_RE = re.compile(rf"^\s*(?:and\s+)?(?:with|plus|con)\s+(?:(?:a|an|some|the|more|un|una)\s+)?(?P<x>{_ITEMS})",
+                      re.IGNORECASE)
+# Words that "X instead" / "with X" never name as an item: diets and qualities are other moves.
+_NOT_INCLUDED = frozenset("""
+vegetarian vegan keto paleo healthy healthier cheap cheaper organic spicy mild something anything that it one
+gluten dairy sugar low kid kids
+""".split())
 # "chicken instead", "use turkey instead", "chicken instead of beef", "pollo en vez de res"
 _INSTEAD_RE = re.compile(
     rf"(?:\b(?:use|try|get|with|make it|con)\s+)?(?P<x>{_ITEM})\s+(?:instead|en su lugar|en vez|mejor)\b"
@@ -134,6 +143,8 @@ _SERVINGS_RE = re.compile(
     rf"(?!\s*(?:dollars?|bucks|usd|%|percent|pesos|\.\d))"
     rf"(?:\s+(?:people|persons|guests|of us|adults|kids|personas|instead|now))?\b", re.IGNORECASE)
 _PEOPLE_RE = re.compile(rf"\b(?P<n>\d{{1,4}}|{_NUM})\s+(?:people|persons|guests|personas)\b", re.IGNORECASE)
+_WE_ARE_RE = re.compile(rf"\b(?:we are|we're|we'll be|there are|there will be|there'll be|somos|seremos)\s+"
+                        rf"(?P<n>\d{{1,4}}|{_NUM})\b(?!\s*(?:dollars?|bucks|%|\$))", re.IGNORECASE)
 _BIGGER_RE = re.compile(r"\b(?:bigger|larger|more food|more of (?:it|everything)|más grande|mas grande)\b",
                         re.IGNORECASE)
 _DOUBLE_RE = re.compile(r"\b(?:double|twice as (?:much|big))\b", re.IGNORECASE)
@@ -342,13 +353,16 @@ def detect_moves(text: str) -> list[Move]:
     for m in _ADD_RE.finditer(s):
         moves += [Move(kind="add_role", term=item) for item in _items(m.group("x"))]
     s = _instead_moves(s, moves)
+    for m in _WITH_RE.finditer(s):
+        moves += [Move(kind="include", term=item) for item in _items(m.group("x")) if item not in _NOT_INCLUDED]
     for m in _WITHOUT_RE.finditer(s):
         moves += [Move(kind="without", term=item) for item in _items(m.group("x"))]
     if _CHEAPER_RE.search(s):
         moves.append(Move(kind="cheaper"))
     if _HEALTHIER_RE.search(s):
         moves.append(Move(kind="healthier"))
-    servings = next((_number(m.group("n")) for p in (_SERVINGS_RE, _PEOPLE_RE) for m in p.finditer(s)), None)
+    servings = next((_number(m.group("n")) for p in (_SERVINGS_RE, _PEOPLE_RE, _WE_ARE_RE) for m in p.finditer(s)),
+                    None)
     if servings:
         moves.append(Move(kind="rescale", servings=min(servings, MAX_SERVINGS)))
     elif _DOUBLE_RE.search(s):
@@ -368,7 +382,7 @@ def _instead_moves(s: str, moves: list[Move]) -> str:
         first = m.group("x").split()[0] if "x" in m.groupdict() else ""
         if first and first not in _STOP_ITEM and first not in _NUMBERS:
             item = _item(m.group("x"))
-            if item and not item.isdigit():
+            if item and not item.isdigit() and item not in _NOT_INCLUDED:
                 found.append(Move(kind="include", term=item))
         if m.group("y") and (other := _item(m.group("y"))):
             found.append(Move(kind="without", term=other))
@@ -387,9 +401,11 @@ def moves_from_parse(parsed: Need, current: Need) -> list[Move]:
     if parsed.servings is not None and parsed.servings != current.servings:
         moves.append(Move(kind="rescale", servings=parsed.servings))
     moves += [Move(kind="diet", term=d) for d in parsed.diets if d not in current.diets]
-    moves += [Move(kind="without", term=x) for x in parsed.exclude if x not in current.exclude]
-    moves += [Move(kind="add_role", term=r) for r in parsed.add_roles if r not in current.add_roles]
-    moves += [Move(kind="include", term=x) for x in parsed.include if x not in current.include]
+    exclude, add, include = ([_SPANISH_ITEMS.get(w, _singular(w) if " " not in w else w) for w in words]
+                             for words in (parsed.exclude, parsed.add_roles, parsed.include))
+    moves += [Move(kind="without", term=x) for x in exclude if x not in current.exclude]
+    moves += [Move(kind="add_role", term=r) for r in add if r not in current.add_roles]
+    moves += [Move(kind="include", term=x) for x in include if x not in current.include and x not in _NOT_INCLUDED]
     if parsed.healthier and not current.healthier:
         moves.append(Move(kind="healthier"))
     return moves
@@ -615,7 +631,9 @@ def handle(state: SessionState, text: str, parsed: Need | None = None, shown: Sh
     if state.base is None or new_occasion:
         return _as_new_topic(state, parsed, said, shown)
     from_parse = moves_from_parse(parsed, current)
-    if said or (from_parse and not _has_topic(parsed)):
+    # "with guacamole" names an item, not a topic: with a need under way it refines it
+    names_topic = _has_topic(parsed.model_copy(update={"include": []}))
+    if said or (from_parse and not names_topic):
         moves = _dedupe([*said, *from_parse])
         # a parsed head count and a "bigger" in the words: the count wins
         if any(m.kind == "rescale" and m.servings for m in moves):
