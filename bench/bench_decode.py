@@ -1,5 +1,5 @@
 """Decode speed on CPU, side by side in one run: fp32, bf16, torch int8 dynamic
-quantisation of the Linear layers, and ONNX Runtime GenAI (int4, from PyPI, no build).
+quantisation of the Linear layers, and ONNX Runtime GenAI (int4 and fp32; from PyPI, no build).
 
     python bench/bench_decode.py [--prompts 8] [--adapter smollm2-bundles|none] [--max-new-tokens 150]
 
@@ -30,7 +30,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-BACKENDS = ("fp32", "bf16", "int8-dynamic", "ort-genai-int4")
+BACKENDS = ("fp32", "bf16", "int8-dynamic", "ort-genai-int4", "ort-genai-fp32")
 
 
 def dev_prompts(n: int, max_items: int = 10) -> list[dict]:
@@ -166,8 +166,9 @@ def load_backend(name: str, adapter: str | None) -> tuple[Any, dict]:
         from transformers import AutoTokenizer
 
         hf = tuned_folder(adapter)
-        onnx_dir, export_s = export_onnx(hf, hf.parent / f"{hf.name}-onnx-int4", "int4")
-        return OrtChatModel(onnx_dir, AutoTokenizer.from_pretrained(hf), f"ort-int4:{hf.name}"), {
+        precision = name.rsplit("-", 1)[1]  # int4 or fp32
+        onnx_dir, export_s = export_onnx(hf, hf.parent / f"{hf.name}-onnx-{precision}", precision)
+        return OrtChatModel(onnx_dir, AutoTokenizer.from_pretrained(hf), f"ort-{precision}:{hf.name}"), {
             "export_s": round(export_s, 1), "onnx_dir": str(onnx_dir)}
     llm = load_llm(device="cpu", adapter=adapter)
     if name == "bf16":

@@ -20,6 +20,7 @@ import app
 from assistant.constraints import expand_exclusions, mentions
 from assistant.feedback import FeedbackStore
 from assistant.llm import flatten_content
+from assistant.pricing import to_cents
 from retrieval.config import OBJECTIVE_COMPONENTS
 from retrieval.profiles import guest_profile
 
@@ -56,7 +57,7 @@ def assert_allowed(shop, bundles: list[dict], budget: float, excluded_words: lis
         assert b["bundle_price"] <= budget + 1e-9
         for item in b["items"]:
             row = catalogue.loc[item["product_id"]]
-            assert item["price"] == round(float(row["price"]), 2)  # catalogue price, not model text
+            assert item["price"] == to_cents(float(row["price"]))  # catalogue price (half up), not model text
             assert mentions(f"{row['title']} {row['category']} {row['brand']}", terms) is None
 
 
@@ -104,10 +105,10 @@ def test_shopper_turn_meets_budget_and_exclusions_and_fills_the_cart(shop):
         assert_allowed(shop, cheaper["bundles"], cap, ["dairy"])
     else:
         assert cheaper["question"].startswith(f"Nothing fits under ${cap:.2f}")
-        raise_to = next(s for s in cheaper["suggestions"] if s.startswith("Raise the budget to $"))
-        tapped = c.predict("1", api_name="/suggestion_1")[BUNDLES]
-        assert raise_to == cheaper["suggestions"][0] and tapped["bundles"]
-        assert_allowed(shop, tapped["bundles"], float(raise_to.removeprefix("Raise the budget to $")), ["dairy"])
+        assert cheaper["suggestions"][0].startswith("Raise the budget to $")
+        tapped = c.predict("1", api_name="/suggestion_1")
+        assert user_said(tapped[CHAT])[-1] == cheaper["suggestions"][0]  # the chip sent its own text
+        assert_allowed(shop, tapped[BUNDLES]["bundles"], float(cheaper["suggestions"][0].split("$")[1]), ["dairy"])
 
 
 def test_reply_streams_text_before_cards(shop):
@@ -134,6 +135,10 @@ def test_blank_message_is_ignored(shop):
     assert again[CARD1] == first[CARD1] and 'class="ba-card"' in again[CARD1]
 
 
+def user_said(chat: list[dict]) -> list[str]:
+    return [flatten_content(m["content"]) for m in chat if m["role"] == "user"]
+
+
 def chips_of(data: dict) -> list[tuple[int | None, str]]:
     return [(c["id"], c["label"]) for c in data["chips"]]
 
@@ -149,7 +154,7 @@ def test_a_refinement_is_a_chip_that_can_be_taken_back(shop):
     out = c.predict(app.GUEST_KEY, api_name="/remove_chip_1")
     back = out[BUNDLES]
     assert all(i is None for i, _ in chips_of(back)) and back["need"]["add_roles"] == []
-    assert [m["content"] for m in out[CHAT] if m["role"] == "user"][-1] == "Undo “+ drink”"
+    assert user_said(out[CHAT])[-1] == "Undo “+ drink”"
     assert back["constraints"]["budget"] == 25 and "no dairy" in back["understood"]  # the rest stays
 
 
@@ -178,7 +183,7 @@ def test_a_vague_message_gets_a_question_with_suggestions_to_tap(shop):
     assert out["bundles"] == [] and out["question"] and "?" in out["text"]
     assert len(out["suggestions"]) >= 2
     tapped = c.predict(app.GUEST_KEY, api_name="/suggestion_1")
-    assert [m["content"] for m in tapped[CHAT] if m["role"] == "user"][-1] == out["suggestions"][0]
+    assert user_said(tapped[CHAT])[-1] == out["suggestions"][0]
     assert tapped[BUNDLES]["bundles"]
 
 
@@ -237,6 +242,12 @@ def test_switching_persona_starts_a_fresh_session(shop):
     assert data["profile_summary"] == shop.assistant.profile("2").summary
 
 
+def exclusion_chip(word: str) -> str:
+    """The chip of "no WORD": the singular ("no chips" -> "no chip"), and a diet where one
+    says it ("no sugar" -> "low-sugar"), as the parser reads them."""
+    return {"chips": "no chip", "sugar": "low-sugar"}.get(word, f"no {word}")
+
+
 def test_ten_concurrent_sessions_each_get_their_own_persona(shop):
     guests = [app.GUEST_KEY] * 5
     personas = households(shop) + guests
@@ -260,8 +271,8 @@ def test_ten_concurrent_sessions_each_get_their_own_persona(shop):
         expected = guest_summary if persona == app.GUEST_KEY else shop.assistant.profile(persona).summary
         assert data["profile_summary"] == expected
         assert data["constraints"]["budget"] == r["budget"]
-        assert f"no {words[i]}" in data["understood"]
-        assert not any(f"no {w}" in data["understood"] for w in words if w != words[i])
+        assert exclusion_chip(words[i]) in data["understood"]
+        assert not any(exclusion_chip(w) in data["understood"] for w in words if w != words[i])
         assert_allowed(shop, data["bundles"], r["budget"], [words[i]])
         if data["bundles"]:
             cart = r["cart"]
@@ -324,7 +335,8 @@ def test_merchandiser_theme_margin_becomes_a_chip_a_field_and_a_floor(shop):
     assert "estimate" in out.caption and "loaded history" in out.caption
     assert "ideas** from" in out.status
     exported = pd.read_csv(out.csv, dtype={"product_ids": str})
-    assert list(exported.columns) == list(frame.columns) and len(exported) == len(frame)
+    assert set(exported.columns) == {*frame.columns, "roles"} and len(exported) == len(frame)
+    assert exported["product_ids"].tolist() == frame["product_ids"].tolist()
     data = json.loads(Path(out.json).read_text())
     assert [i["rank"] for i in data["ideas"]] == frame["rank"].tolist()
     # a margin typed in the console wins over the theme's words, and its chip says so

@@ -41,9 +41,20 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def url(cj_assistant, tmp_path_factory):
+def served(cj_slice_dir, embedder):
+    """The assistant the page talks to: the test slice, or the index in
+    ``BROWSER_DATA_DIR`` (e.g. the full Complete Journey index, for the README's screenshots)."""
+    from assistant.service import BundleAssistant
+    from retrieval.config import Settings
+
+    data_dir = Path(os.environ.get("BROWSER_DATA_DIR") or cj_slice_dir)
+    return BundleAssistant(Settings(data_dir=data_dir, chroma_url=None), embedder=embedder)
+
+
+@pytest.fixture(scope="module")
+def url(served, tmp_path_factory):
     store = FeedbackStore(tmp_path_factory.mktemp("browser-feedback") / "feedback.sqlite")
-    demo = app.build_app(cj_assistant, use_llm=False, personas=app.discover_personas(cj_assistant, 4),
+    demo = app.build_app(served, use_llm=False, personas=app.discover_personas(served, 4),
                          feedback=store, merch_credentials=CREDS)
     yield app.launch(demo, port=free_port(), prevent_thread_lock=True, quiet=True)
     demo.close()
@@ -95,20 +106,24 @@ def money(text: str) -> float:
     return float(re.search(r"\$([\d,]+\.\d\d)", text).group(1).replace(",", ""))
 
 
-def test_shopper_chats_and_fills_the_cart(page, shots: Path):
+def test_shopper_chats_and_fills_the_cart(page, served, shots: Path):
     box = page.get_by_placeholder(re.compile("Taco night"))
-    box.fill("pasta night under $15, no dairy")
+    box.fill("taco night for four, under $25, no dairy")
     box.press("Enter")
     price = page.locator("#bundle-card-1 .ba-price")
     price.wait_for(state="visible")
     bundle_price = money(price.inner_text())
-    assert 0 < bundle_price <= 15
+    assert 0 < bundle_price <= 25
     first_card = page.locator("#bundle-card-1")
     assert first_card.locator(".ba-items li").count() >= 2
     assert "Why this bundle" in first_card.inner_text()
     assert "milk" not in first_card.inner_text().lower()
+    assert "taco" in card_name(page, 1).lower()
     # the reply in the chat came first and names the same price
     assert f"${bundle_price:.2f}" in page.locator(".bubble-wrap, [role=log]").first.inner_text()
+    # what was understood shows as chips
+    chips = page.locator("#ba-understood .ba-chip").all_inner_texts()
+    assert {"tacos", "for 4", "under $25", "no dairy"} <= set(chips)
 
     add_first = page.get_by_role("button", name=re.compile(r"^Add bundle 1, .+, to cart$"))
     add_first.click()
@@ -126,22 +141,156 @@ def test_shopper_chats_and_fills_the_cart(page, shots: Path):
     assert (shots / "shopper.png").stat().st_size > 10_000
 
 
-def test_merchandiser_signs_in_and_generates_bundles(page, shots: Path):
+def test_cards_show_display_titles_with_the_raw_title_as_tooltip(page, served):
+    ask(page, "taco night for four, under $25, no dairy")
+    catalogue = served.index.catalogue
+    items = page.locator("#bundle-card-1 .ba-item")
+    shown = [(items.nth(i).inner_text().strip(), items.nth(i).get_attribute("title")) for i in range(items.count())]
+    assert len(shown) >= 2
+    by_raw = dict(zip(catalogue["title"], catalogue["display_title"]))
+    for text, raw in shown:
+        assert raw in by_raw and text == by_raw[raw].strip()  # the display title, the raw one kept
+    assert any(text != raw for text, raw in shown)  # Complete Journey's coded titles were rewritten
+
+
+def bot_count(page) -> int:
+    return page.locator("#chat [data-testid=bot]").count()
+
+
+def wait_answer(page, before: int) -> str:
+    """The text of the next assistant message, once it is past "…"."""
+    page.wait_for_function("(n) => { const b = document.querySelectorAll('#chat [data-testid=bot]');"
+                           " return b.length > n && !b[b.length - 1].textContent.trim().startsWith('…'); }",
+                           arg=before)
+    return page.locator("#chat [data-testid=bot]").last.inner_text()
+
+
+def say(page, text: str) -> str:
+    before = bot_count(page)
+    box = page.get_by_placeholder(re.compile("Taco night"))
+    box.fill(text)
+    box.press("Enter")
+    return wait_answer(page, before)
+
+
+def settled(page) -> None:
+    """No event of the page is running (Gradio marks pending outputs)."""
+    page.wait_for_function("() => !document.querySelector('.pending, .generating')", timeout=20_000)
+
+
+def test_clear_resets_the_need_and_a_blank_message_is_ignored(page):
+    ask(page, "pasta night under $15, no dairy")
+    chips = page.locator("#ba-understood .ba-chip")
+    assert "under $15" in chips.all_inner_texts()
+    # a blank message: no new bubble, and the cards stay
+    messages = page.locator("#chat .message").count()
+    box = page.get_by_placeholder(re.compile("Taco night"))
+    box.fill("   ")
+    box.press("Enter")
+    page.wait_for_timeout(1500)
+    settled(page)
+    assert page.locator("#chat .message").count() == messages
+    assert page.locator("#bundle-card-1 .ba-price").is_visible()
+    # the chat's trash icon forgets the need, its budget and exclusions
+    page.locator("#chat").get_by_role("button", name="Clear").click()
+    page.locator("#bundle-card-1 .ba-price").wait_for(state="hidden")
+    assert page.locator("#chat [data-testid=bot]").count() == 0
+    ask(page, "snacks")
+    texts = page.locator("#ba-understood .ba-chip").all_inner_texts()
+    assert "under $15" not in texts and "no dairy" not in texts
+
+
+def test_not_for_me_takes_the_bundle_off_the_screen(page):
+    ask(page, "snacks")
+    gone, second = card_name(page, 1), card_name(page, 2)
+    gone_items = page.locator("#bundle-card-1 .ba-item").all_inner_texts()
+    page.get_by_role("button", name=f"Not for me: bundle 1, {gone}", exact=True).click()
+    page.wait_for_function("(n) => { const c = document.querySelector('#bundle-card-1 .ba-name');"
+                           " return c && c.textContent.trim() === n; }", arg=second)  # the rest moved up
+    page.get_by_text(re.compile("won't come back")).wait_for()
+    ask(page, "snacks")  # the same request again: that bundle stays away for the session
+    settled(page)
+    for rank in (1, 2, 3):
+        card = page.locator(f"#bundle-card-{rank} .ba-card")
+        if card.count() and card.is_visible():
+            assert page.locator(f"#bundle-card-{rank} .ba-item").all_inner_texts() != gone_items
+
+
+def test_a_refinement_chip_can_be_undone(page):
+    ask(page, "taco night for four, under $25, no dairy")
+    before = [page.locator(f"#bundle-card-{r} .ba-item").all_inner_texts() for r in (1, 2)]
+    say(page, "add a drink")
+    undo = page.get_by_role("button", name="Undo “+ drink”", exact=True)
+    undo.wait_for(state="visible")
+    settled(page)
+    n = bot_count(page)
+    undo.click()
+    wait_answer(page, n)
+    undo.wait_for(state="hidden")
+    settled(page)
+    assert page.locator("#chat [data-testid=user]").last.inner_text().strip() == "Undo “+ drink”"
+    after = [page.locator(f"#bundle-card-{r} .ba-item").all_inner_texts() for r in (1, 2)]
+    assert after == before  # back to the bundles before the drink
+    assert {"under $25", "no dairy"} <= set(page.locator("#ba-understood .ba-chip").all_inner_texts())
+
+
+def test_a_vague_message_gets_a_question_with_suggestions(page):
+    answer = say(page, "something for tonight")
+    assert "?" in answer
+    settled(page)
+    suggestions = page.locator("#ba-suggestions button.ba-suggest")
+    visible = [suggestions.nth(i) for i in range(suggestions.count()) if suggestions.nth(i).is_visible()]
+    assert len(visible) >= 2
+    assert not page.locator("#bundle-card-1 .ba-card").is_visible()  # asked, did not guess
+    choice = visible[0].inner_text().strip()
+    visible[0].click()
+    page.locator("#bundle-card-1 .ba-price").wait_for(state="visible")
+    assert page.locator("#chat [data-testid=user]").last.inner_text().strip() == choice
+    assert page.get_by_role("button", name="Stop", exact=True).is_visible()
+
+
+def test_merchandiser_signs_in_and_generates_ideas(page, shots: Path):
     page.get_by_role("tab", name="Merchandiser").click()
-    generate = page.get_by_role("button", name="Generate bundles")
+    generate = page.get_by_role("button", name="Generate ideas")
     assert not generate.is_visible()  # nothing before signing in
-    page.get_by_label("User").fill(CREDS[0])
-    page.get_by_label("Password").fill("not-it")
+    user, password = page.get_by_role("textbox", name="User", exact=True), page.get_by_label("Password")
+    user.fill(CREDS[0])
+    password.fill("not-it")
     page.get_by_role("button", name="Sign in").click()
     page.get_by_text("Wrong user name or password.").wait_for()
-    assert not generate.is_visible()
-    page.get_by_label("Password").fill(CREDS[1])
+    assert not generate.is_visible() and password.input_value() == ""
+    password.fill(CREDS[1])
     page.get_by_role("button", name="Sign in").click()
     generate.wait_for(state="visible")
-    page.get_by_label("Theme").fill("back-to-school lunch")
+    assert password.input_value() == ""  # cleared after sign-in
+    page.get_by_label("Theme").fill("back-to-school lunch bundles, margin at least 30%")
     generate.click()
-    page.get_by_text(re.compile(r"\d+ bundles · \d+ rejected")).wait_for()
-    assert page.get_by_text("preference_contribution").count() >= 1
+    page.get_by_text(re.compile(r"\d+ ideas from \d+ candidate bundles")).wait_for()
+    settled(page)
+    # the chips show the parsed margin, and the field is prefilled with it
+    assert "margin ≥ 30%" in page.locator("#merch-chips .ba-chip").all_inner_texts()
+    assert page.locator("input[aria-label='number input for Minimum margin after discount']").input_value() == "0.3"
+    # every idea honours it, and its products are in the table
+    table = page.locator("#merch-table")
+    headers = [h.strip() for h in table.locator("thead th").all_inner_texts()]
+    rows = table.locator("tbody tr")
+    assert rows.count() >= 2
+    margin_col, products_col = headers.index("margin_after_discount"), headers.index("products")
+    for i in range(rows.count()):
+        cells = rows.nth(i).locator("td")
+        assert float(cells.nth(margin_col).inner_text()) >= 0.30 - 1e-9
+        assert " · " in cells.nth(products_col).inner_text()
+    assert table.get_by_text(re.compile("Lunch|lunch")).count() >= 1
+    # the export downloads
+    with page.expect_download() as download:
+        page.locator("#merch-csv").click()
+    saved = Path(download.value.path())
+    assert download.value.suggested_filename.endswith(".csv") and "margin_after_discount" in saved.read_text()
+    # the frontier plot renders, over all candidates with honest axes
+    plot = page.locator("#merch-frontier")
+    plot.locator("svg, canvas").first.wait_for(state="visible")
+    assert re.search(r"all \d+ candidate bundles", plot.inner_text())
+    assert "0.00" in plot.inner_text() and "margin after discount" in plot.inner_text()
     page.screenshot(path=str(shots / "merchandiser.png"), full_page=True)
     assert (shots / "merchandiser.png").stat().st_size > 10_000
 

@@ -25,13 +25,14 @@ import re
 import shutil
 import sqlite3
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import executable, free_port, subprocess_env
 from gradio_client import Client
 
 import app
@@ -41,8 +42,6 @@ from assistant.privacy import SECRET_FILE, is_pseudonym
 from assistant.service import BundleAssistant
 from retrieval.config import Settings
 from retrieval.sources import _cj_table
-
-from conftest import executable, free_port, subprocess_env
 
 HOUSEHOLD, OTHER = "1", "2"
 CREDS = ("merch", "correct-horse-battery")
@@ -316,16 +315,18 @@ def test_merchandiser_endpoints_refuse_an_unauthenticated_client(session):
     named = set(c.view_api(print_info=False, return_format="dict")["named_endpoints"])
     merch = {n for n in named if n.startswith("/merch")}
     assert merch == {"/merch_login", "/merch_logout", "/merch_generate", "/merch_search"}
-    args = ("back-to-school lunch", 0.4, 0.25, 0.2, 0.15, 0.0, None, None, None, [], "", "", 5)
+    # theme, 4 weights, min margin, bundle price cap, item price range, departments, pins, excludes, k, max items
+    args = ("back-to-school lunch", 0.4, 0.25, 0.2, 0.15, 0.0, 0, 0, 0, [], "", "", 5, 0)
     with pytest.raises(Exception, match="Sign in"):
         c.predict(*args, api_name="/merch_generate")
     with pytest.raises(Exception, match="Sign in"):
         c.predict("pasta", api_name="/merch_search")
-    assert c.predict("merch", "guess", api_name="/merch_login") == "Wrong user name or password."
+    assert c.predict("merch", "guess", api_name="/merch_login") == ("Wrong user name or password.", "")
     with pytest.raises(Exception, match="Sign in"):
         c.predict("pasta", api_name="/merch_search")
     # the same call goes through once signed in: the refusal was the sign-in, nothing else
-    c.predict(*CREDS, api_name="/merch_login")
+    status, password_box = c.predict(*CREDS, api_name="/merch_login")
+    assert "Signed in" in status and password_box == ""  # the password does not stay in its field
     assert c.predict("pasta", api_name="/merch_search")["data"]
 
 

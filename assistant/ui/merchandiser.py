@@ -114,6 +114,23 @@ def frontier_plot(result: IdeasResult) -> Any:
                           tooltip=["name", "margin", "preference", "score", "kind", "rejected"])
 
 
+# the table on screen: result.table()'s columns with the products up front ("roles" is in
+# the name already, and stays in the exports)
+SHOWN_FIRST = ["rank", "name", "products", "unit_prices", "bundle_price", "list_price", "discount",
+               "margin_after_discount"]
+
+
+def shown_table(result: IdeasResult) -> pd.DataFrame:
+    table = result.table()
+    rest = [c for c in table.columns if c not in SHOWN_FIRST and c != "roles"]
+    return table[[*SHOWN_FIRST, *rest]]
+
+
+def column_widths(columns: list[str]) -> list[str]:
+    wide = {"name": "240px", "products": "420px", "unit_prices": "150px", "product_ids": "200px"}
+    return [wide.get(c, "60px" if c == "rank" else "110px") for c in columns]
+
+
 def status_text(result: IdeasResult) -> str:
     total = result.timings.get("total", 0.0)
     lead = (f"**{len(result.ideas)} ideas** from {result.candidates} candidate bundles · "
@@ -205,7 +222,9 @@ class Merchandiser:
         used = field_values(result)
         # what the theme alone filled: the fields the user did not type
         theme_filled = {n: v for n, v in used.items() if n not in edited}
-        return (merch_chips_html(chip_pairs(result, edited)), result.table(), table_caption(result),
+        table = shown_table(result)
+        return (merch_chips_html(chip_pairs(result, edited)),
+                gr.Dataframe(value=table, column_widths=column_widths(list(table.columns))), table_caption(result),
                 frontier_plot(result), str(csv_path), str(json_path), status_text(result),
                 used["min_margin"], used["max_price"], used["max_items"], theme_filled)
 
