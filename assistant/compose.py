@@ -796,9 +796,10 @@ class Composer:
             used.add(pick)
             items.append(self._item(pick, spec, role.name, n))
         if budget is not None:
-            items = self._fit_budget(items, slots, ranked, n, budget)
-            if items is None:
+            fitted = self._fit_budget(items, slots, ranked, n, budget)
+            if fitted is None:
                 return None
+            items = fitted
         return self._add_optional(items, self._rotate(optional, variant), ranked, n, budget, used)[:MAX_ITEMS]
 
     @staticmethod

@@ -422,9 +422,9 @@ def expand_exclusions(words: Iterable[str], diets: Iterable[str] = ()) -> list[s
             terms.extend(EXCLUSION_GROUPS[group])
     for word in words:
         w = word.strip().lower()
-        group = GROUP_ALIASES.get(w) or GROUP_ALIASES.get(singular(w))
-        if group:
-            terms.extend(EXCLUSION_GROUPS[group])
+        alias = GROUP_ALIASES.get(w) or GROUP_ALIASES.get(singular(w))
+        if alias:
+            terms.extend(EXCLUSION_GROUPS[alias])
         terms.append(singular(w) if " " not in w else w)
     return _dedupe(terms)
 
@@ -558,8 +558,9 @@ def _analyse(text: str) -> tuple[ParsedMessage, list[Refinement]]:
 
     exclusions = _take_exclusions(t)
     refinements.extend(Refinement(kind="without_x", term=w) for w in exclusions)
-    for kind, pattern in (("cheaper", _CHEAPER_RE), ("healthier", _HEALTHIER_RE),
-                          ("bigger", _BIGGER_RE), ("smaller", _SMALLER_RE)):
+    moves: tuple[tuple[RefinementKind, re.Pattern[str]], ...] = (
+        ("cheaper", _CHEAPER_RE), ("healthier", _HEALTHIER_RE), ("bigger", _BIGGER_RE), ("smaller", _SMALLER_RE))
+    for kind, pattern in moves:
         if t.take(pattern):
             refinements.append(Refinement(kind=kind))
     healthy = bool(t.take(_HEALTHY_RE)) or any(r.kind == "healthier" for r in refinements)

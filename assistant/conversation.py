@@ -46,7 +46,7 @@ from retrieval.profiles import UserProfile, guest_profile
 from retrieval.schema import Constraints
 
 from .constraints import ParsedMessage, expand_exclusions, mentions, sanitize_message
-from .feedback import FeedbackEvent, FeedbackStore, SessionSignal
+from .feedback import EventKind, FeedbackEvent, FeedbackStore, SessionSignal
 from .grounding import (
     check_sentence,
     ground_reply,
@@ -575,7 +575,7 @@ class Conversation:
         clicked = np.stack(list(vectors.values())) if vectors else None
         return guest_profile(f"guest-{self.session_id}", messages, clicked)
 
-    def _record(self, event: str, bundle: ShownBundle | None = None, reason: str = "",
+    def _record(self, event: EventKind, bundle: ShownBundle | None = None, reason: str = "",
                 payload: dict[str, Any] | None = None, product_ids: list[str] | None = None) -> None:
         try:
             self.feedback.record(FeedbackEvent(
@@ -617,7 +617,7 @@ class Conversation:
         session; its distinctive products and their types are demoted."""
         return self._thumb("dislike", number, reason)
 
-    def _thumb(self, kind: str, number: int, reason: str) -> ShownBundle:
+    def _thumb(self, kind: EventKind, number: int, reason: str) -> ShownBundle:
         with self._lock:
             bundle = self.bundle(number)
             self._record(kind, bundle, payload={"rank": bundle.rank, "score": bundle.score})

@@ -208,7 +208,7 @@ class FeedbackStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return int(cur.lastrowid)
+        return int(cur.lastrowid or 0)
 
     def forget(self, user_pseudo: str) -> int:
         """Delete every event of one user, then rewrite the file (VACUUM) and empty the
@@ -236,7 +236,8 @@ class FeedbackStore:
         self, user_pseudo: str | None = None, since: datetime | float | None = None
     ) -> pd.DataFrame:
         """Events in insertion order; ``ts`` as UTC datetimes, JSON columns decoded."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[str | float] = []
         if user_pseudo is not None:
             where.append("user_pseudo = ?")
             params.append(user_pseudo)

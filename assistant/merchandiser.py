@@ -39,6 +39,7 @@ enforced by the hard Jaccard cap whatever their values.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
@@ -393,7 +394,55 @@ def understand_theme(theme: str) -> Need:
         updates["text"] = floor.text  # the general parser may have kept "margin at least 30%" as words
     if need.budget is not None and need.max_price is None:  # a merchandiser's "under $10" caps the bundle
         updates["max_price"] = need.budget
+    raw = str(updates.get("text", need.text) or "")
+    text = _clean_theme_text(raw)
+    updates["text"] = text
+    if _HEALTHY_RE.search(theme or "") and not need.healthier:
+        # "healthy snack bundles": composition's healthier swaps plus the low-sugar food rule,
+        # as a shopper's "healthier" gets them
+        updates["healthier"] = True
+        updates["diets"] = list(dict.fromkeys([*need.diets, HEALTHY_DIET]))
+    if need.occasion is None:
+        named = _named_kinds(_COUNT_RE.sub("", raw))
+        if named:
+            updates["include"] = list(dict.fromkeys([*need.include, *named]))
     return need.model_copy(update=updates)
+
+
+HEALTHY_DIET = "low-sugar"
+_HEALTHY_RE = re.compile(r"\b(?:health(?:y|ier|iest|ful)|better[- ]for[- ]you|nutritious|wholesome|guilt[- ]free)\b",
+                         re.I)
+_COUNT_RE = re.compile(
+    r"^\s*(?:\d{1,2}|a\s+few|some|several)\s+(?:ideas?|bundles?|concepts?)\s+(?:for|of|around|on)?\s*", re.I)
+_PLACEMENT_WORDS_RE = re.compile(r"\b(?:end\s*-?\s*caps?|checkouts?|front[- ]of[- ]store|displays?)\b", re.I)
+_JOIN_RE = re.compile(r"\s*(?:\band\b|&|\+|,|\bwith\b|\bplus\b|\bn\b)\s*", re.I)
+
+
+def _clean_theme_text(text: str) -> str:
+    """The theme's words without the request's own ('10 ideas for', 'endcap', 'bundles'):
+    what is embedded and matched against the catalogue."""
+    text = _COUNT_RE.sub("", text)
+    text = _PLACEMENT_WORDS_RE.sub(" ", text)
+    text = _THEME_FILLER_RE.sub(" ", text)
+    return re.sub(r"\s+", " ", text).strip(" ,.-&")
+
+
+def _named_kinds(text: str) -> list[str]:
+    """'wine and cheese' -> ['wine', 'cheese']: a theme with no occasion that joins two or
+    more kinds the lexicon knows is a bundle of those kinds, each a role it must hold."""
+    from .compose import load_lexicon
+
+    parts = [p.strip().lower() for p in _JOIN_RE.split(text) if p.strip()]
+    if len(parts) < 2:
+        return []
+    lex = load_lexicon()
+
+    def known(part: str) -> bool:
+        singular = part[:-1] if part.endswith("s") and not part.endswith("ss") else part
+        return any(k in lex.groups or k in lex.roles for k in (part, singular))
+
+    named = [p for p in parts if known(p)]
+    return named if len(named) >= 2 else []
 
 
 MERCHANDISER_FIELDS = ("min_margin", "max_price", "min_items", "max_items", "placement")
@@ -513,6 +562,7 @@ _ABBREV = {"frzn": "frozen", "chix": "chicken", "rw": "", "ppk": "", "preslc": "
            "fd": "food", "ss": "", "sv": "", "bev": "", "qsr": "", "prepack": "", "bulk": "", "bulk&bag": ""}
 
 
+@functools.lru_cache(maxsize=8192)
 def role_label(product_type: str) -> str:
     """A readable name for a product type: 'MEAT: TURKEY PPK/PRESLC' -> 'Turkey',
     'APPLES GALA (BULK&BAG)' -> 'Apples Gala'. Catalogue types are cut at 30 characters,
@@ -1106,7 +1156,11 @@ def generate_ideas(
         return pool.item_roles.get(pid) or (labels.get(kind) or role_label(kind) if kind else f"id:{pid}")
 
     def kinds(b: ScoredBundle) -> tuple[set[str], set[str]]:
-        return {type_of.get(i, "") or f"id:{i}" for i in b.item_ids}, {role_of(i) for i in b.item_ids}
+        # the second view names each type in words, so that two catalogue types with one
+        # name (bulk and packaged lunchmeat) count as one; an option's label ('Soup') is
+        # not used, since the same option filled with another type is another concept
+        return ({type_of.get(i, "") or f"id:{i}" for i in b.item_ids},
+                {role_label(type_of[i]) if type_of.get(i) else role_of(i) for i in b.item_ids})
 
     chosen, blocked = select_distinct(result.ranked, kinds, k)
     history = history_for(index)
@@ -1171,18 +1225,146 @@ def _typed_pool(assistant: BundleAssistant, need: Need, query_vec: np.ndarray, c
     return Pool("types", [c for c, _ in filled], {}, {r.product_type: r.label for r in roles}, picks, len(roles))
 
 
-MAX_COMBOS_TRIED = 80  # option combinations of a composed plan tried, most typical first
+MAX_COMBOS_TRIED = 80  # option combinations of one role subset tried, most typical first
 MARGIN_FILL_DEPTH = 40  # the margin fill picks the highest-margin product among an option's ranked ones
+TYPE_FILLS = 2  # fills that take each option's 2nd, 3rd ... product type (distinct concepts)
+SUBSET_COMBOS_TRIED = 16  # ... and of the plan less one role (variety, not more of the same)
+MAX_COMPOSED_CANDIDATES = 300  # candidate bundles built from one plan (scoring cost stays bounded)
+FULL_PLAN_CANDIDATES = 220  # of which at most this many from the whole plan
+UNDER_FLOOR_KEPT = 40  # bundles under a margin floor scored anyway (frontier, explanations)
+LIFT_ROLES = 4  # high-margin types near the theme that may join a bundle under a margin floor
+LIFT_BAND = 0.15  # a lift type's cosine to the theme is within this of the best type's
+LIFT_MARGIN_GAP = 0.02  # a lift type's margin is at least this above the floor
+
+
+@dataclass
+class _Fill:
+    """What a composed pool fills bundles from."""
+
+    comp: Any  # assistant.compose.Composition
+    margin: pd.Series  # product id -> margin rate
+    kind: Callable[[str], str]  # product id -> product type
+    headline_roles: set[str]
+
+
+def _bundle_margin(items: Sequence[Any], margin: pd.Series) -> float:
+    """Margin rate before discount: the store's take over the list price of the items."""
+    total = sum(i.unit_price * i.quantity for i in items)
+    if total <= 0:
+        return 0.0
+    return float(sum(i.unit_price * i.quantity * float(margin.get(i.product_id, 0.0)) for i in items) / total)
+
+
+def _type_variety(ranked: Sequence[str], kind: Callable[[str], str], depth: int) -> str | None:
+    """The best product of the ``depth``-th distinct product type of ``ranked`` (None when
+    the option has fewer types): soups condensed / ready-to-serve / chili make different
+    concepts, where the runner-up soup is usually one more condensed soup."""
+    seen: list[str] = []
+    for pid in ranked:
+        t = kind(pid)
+        if t not in seen:
+            seen.append(t)
+            if len(seen) == depth + 1:
+                return pid
+    return None
+
+
+def _role_subsets(keep: list[tuple[Any, list[Any]]], min_size: int) -> list[list[tuple[Any, list[Any]]]]:
+    """The plan's core roles, then the plan without one of its non-headline roles (while
+    enough roles remain): a concept without the bacon is a different idea, and the only way
+    a plan whose roles have one option each ('diapers', 'wipes') gives distinct ones."""
+    out = [keep]
+    floor = max(min_size, 2)
+    if len(keep) - 1 >= floor:
+        out += [[kr for j, kr in enumerate(keep) if j != i] for i, (role, _) in enumerate(keep) if not role.headline]
+    return out
+
+
+def _lift_specs(assistant: BundleAssistant, query_vec: np.ndarray, food: bool | None, floor: float,
+                taken: set[str]) -> list[Any]:
+    """High-margin roles for a margin floor: categories near the theme (within
+    ``LIFT_BAND`` of the best) whose products' margin clears the floor. Margins are set per
+    department, so a floor above the plan's departments is met by adding what the theme's
+    higher-margin departments sell (bakery muffins for breakfast, brushes for cleaning)."""
+    from .compose import RoleSpec, readable_type
+
+    types = assistant.types
+    near = types.nearest(query_vec, 60, food)
+    if not near:
+        return []
+    top = near[0][1]
+    margin = assistant.index.catalogue["margin_rate"]
+    out = []
+    for cat, sim in near:
+        if sim < top - LIFT_BAND or cat in taken:
+            continue
+        ids = types.matching([cat])[:20]
+        if not ids:
+            continue
+        m = float(np.mean([float(margin.get(i, 0.0)) for i in ids]))
+        if m >= floor + LIFT_MARGIN_GAP:
+            label = readable_type(cat)
+            out.append(RoleSpec(key=f"lift:{cat}", match=[cat], headline=label[:1].upper() + label[1:]))
+            if len(out) >= LIFT_ROLES:
+                break
+    return out
+
+
+def _lift_margin(items: list[Any], fill: _Fill, floor: float, min_size: int, cap: int,
+                 lifts: Sequence[tuple[Any, Any]], composer: Any) -> list[Any] | None:
+    """Items meeting the margin floor, or None: (1) swap items for higher-margin products
+    of the same option (a bakery muffin for a packaged one); then (2) with the 0, 1, 2 ...
+    lowest-margin non-headline items dropped, add the theme's high-margin roles while the
+    size allows, until the floor is met."""
+    ranked, margin = fill.comp.ranked, fill.margin
+    items = list(items)
+    if _bundle_margin(items, margin) >= floor:
+        return items
+    for idx in sorted(range(len(items)), key=lambda i: (float(margin.get(items[i].product_id, 0.0)), i)):
+        it = items[idx]
+        used = {x.product_id for x in items}
+        mine = float(margin.get(it.product_id, 0.0))
+        better = [p for p in ranked.get(it.option, [])[:MARGIN_FILL_DEPTH]
+                  if p not in used and float(margin.get(p, 0.0)) > mine + 1e-9]
+        if better:
+            pick = _richest(better, margin)
+            items[idx] = it.model_copy(update={"product_id": pick, "unit_price": composer.types.fact(pick)[0]})
+            if _bundle_margin(items, margin) >= floor:
+                return items
+    smallest = max(min_size, 2)
+    droppable = sorted((i for i, x in enumerate(items) if x.role not in fill.headline_roles),
+                       key=lambda i: (float(margin.get(items[i].product_id, 0.0)), -i))
+    for n_drop in range(len(droppable) + 1):
+        gone = set(droppable[:n_drop])
+        kept = [x for i, x in enumerate(items) if i not in gone]
+        bare = list(kept)
+        for role, spec in lifts:  # a bundle lifted by the theme's own high-margin kinds beats a smaller one
+            if len(kept) >= cap:
+                break
+            used = {x.product_id for x in kept}
+            pick = next((p for p in ranked.get(spec.key, []) if p not in used), None)
+            if pick is not None:
+                kept.append(composer._item(pick, spec, role.name, fill.comp.portions))
+                if len(kept) >= smallest and _bundle_margin(kept, margin) >= floor:
+                    return kept
+        if len(bare) >= smallest and _bundle_margin(bare, margin) >= floor:
+            return bare
+        if len(items) - n_drop - 1 < smallest and not lifts:
+            break
+    return None
 
 
 def _composed_pool(assistant: BundleAssistant, need: Need, query_vec: np.ndarray, cons: Constraints,
                    min_size: int, size: int, *, explicit_size: bool) -> Pool | None:
     """Candidates from composition's role plan (:mod:`assistant.compose`): every option
-    combination (most typical first), each filled three ways: the best product per option,
-    the runner-up, and the highest-margin of the best few (so the pool spans the margin
-    range). None when composition is missing or has no plan for the need."""
+    combination (most typical first) of the plan's core roles and of the plan less one
+    non-headline role, each filled several ways: the best product per option, the
+    runner-up, the highest-margin of the best few (so the pool spans the margin range) and
+    the best of each option's 2nd and 3rd product type (distinct concepts). Under a margin
+    floor, bundles below it are lifted (:func:`_lift_margin`). None when composition is
+    missing or has no plan for the need."""
     try:
-        from .compose import Composer, ShopperContext, plan_for
+        from .compose import Composer, Role, ShopperContext, plan_for
     except ImportError:
         return None
     index = assistant.index
@@ -1200,35 +1382,84 @@ def _composed_pool(assistant: BundleAssistant, need: Need, query_vec: np.ndarray
     comp = composer.prepare(plan, need, ctx, budget=cons.budget)
     if not comp.keep:
         return Pool(plan.source, [], {}, {}, [], len(plan.roles))
+    # a merchandiser wants breadth: every available option of a core role, not only the usual few
+    keep = [(r, [o for o in r.options if comp.ranked.get(o.key)]) for r, _ in comp.keep]
     margin = index.catalogue["margin_rate"]
+
+    def kind(pid: str) -> str:
+        return composer.types.fact(pid)[3] if composer.types.has(pid) else ""
+
+    fill = _Fill(comp, margin, kind, {r.name for r, _ in keep if r.headline})
+    floor = cons.min_margin
+    lifts: list[tuple[Any, Any]] = []
+    if floor is not None:
+        taken = {m for r in plan.roles for o in r.options for m in o.match}
+        for spec in _lift_specs(assistant, query_vec, plan.food, floor, taken):
+            comp.ranked[spec.key] = composer.ranked_products(spec, ctx)
+            if comp.ranked[spec.key]:
+                lifts.append((Role(name=spec.key, options=[spec], optional=True), spec))
+    labels = {o.key: o.label for r in plan.roles for o in r.options}
+    labels.update({spec.key: spec.label for _, spec in lifts})
     item_roles: dict[str, str] = {}
     proposals: list[BundleCandidate] = []
+    under: list[BundleCandidate] = []  # as built, before the margin lift
     seen: set[frozenset[str]] = set()
-    cap = size if explicit_size else max(size, len(comp.keep))
-    for _prior, idx in Composer._combos([opts for _, opts in comp.keep])[:MAX_COMBOS_TRIED]:
-        choice = [(r, opts[i]) for (r, opts), i in zip(comp.keep, idx)]
-        if len({spec.key for _, spec in choice}) < len(choice):
-            continue
-        fills: list[dict[str, str]] = [{}]
-        runner = {spec.key: comp.ranked[spec.key][1] for _, spec in choice if len(comp.ranked.get(spec.key, [])) > 1}
-        fills.append(runner)
-        fills.append({spec.key: _richest(comp.ranked[spec.key][:MARGIN_FILL_DEPTH], margin)
-                      for _, spec in choice if comp.ranked.get(spec.key)})
-        for forced in fills:
-            items = composer.build(choice, comp.optional, comp.ranked, comp.portions, comp.budget, forced)
-            if not items:
+    cap = size if explicit_size else max(size, len(keep))
+    for n, subset in enumerate(_role_subsets(keep, min_size)):
+        tried = MAX_COMBOS_TRIED if n == 0 else SUBSET_COMBOS_TRIED
+        # the whole plan may not use up the pool: the plans less one role add variety
+        limit = FULL_PLAN_CANDIDATES if n == 0 else MAX_COMPOSED_CANDIDATES
+        for _prior, idx in Composer._combos([opts for _, opts in subset])[:tried]:
+            if len(proposals) >= limit:
+                break
+            choice = [(r, opts[i]) for (r, opts), i in zip(subset, idx)]
+            if len({spec.key for _, spec in choice}) < len(choice):
                 continue
-            items = items[:cap]  # core roles come first: a stated item range drops the last ones
-            key = frozenset(i.product_id for i in items)
-            if len(items) < min_size or key in seen:
-                continue
+            for forced in _fills(choice, comp.ranked, margin, kind):
+                items = composer.build(choice, comp.optional, comp.ranked, comp.portions, comp.budget, forced)
+                if not items:
+                    continue
+                items = items[:cap]  # core roles come first: a stated item range drops the last ones
+                if floor is not None:
+                    lifted = _lift_margin(items, fill, floor, min_size, cap, lifts, composer)
+                    if (len(under) < UNDER_FLOOR_KEPT and len(items) >= min_size
+                            and _bundle_margin(items, margin) < floor):
+                        # kept as proposed too: the frontier and the "fell under the floor"
+                        # answer show what the floor removed
+                        under.append(BundleCandidate(item_ids=tuple(i.product_id for i in items),
+                                                     quantities=tuple(i.quantity for i in items), source="rule"))
+                    if lifted is None:
+                        continue
+                    items = lifted
+                key = frozenset(i.product_id for i in items)
+                if len(items) < min_size or key in seen:
+                    continue
+                seen.add(key)
+                for i in items:
+                    item_roles.setdefault(i.product_id, labels.get(i.option, i.option.capitalize()))
+                proposals.append(BundleCandidate(item_ids=tuple(i.product_id for i in items),
+                                                 quantities=tuple(i.quantity for i in items), source="rule"))
+    for cand in under:
+        key = frozenset(cand.item_ids)
+        if key not in seen:
             seen.add(key)
-            labels = {o.key: o.label for r in plan.roles for o in r.options}
-            for i in items:
-                item_roles.setdefault(i.product_id, labels.get(i.option, i.option.capitalize()))
-            proposals.append(BundleCandidate(item_ids=tuple(i.product_id for i in items),
-                                             quantities=tuple(i.quantity for i in items), source="rule"))
+            proposals.append(cand)
     return Pool(plan.source, proposals, item_roles, {}, comp.role_products(per_option=2), len(comp.keep))
+
+
+def _fills(choice: Sequence[tuple[Any, Any]], ranked: dict[str, list[str]], margin: pd.Series,
+           kind: Callable[[str], str]) -> list[dict[str, str]]:
+    """The products forced per option for one combination: none (each option's best), the
+    runner-up, the highest-margin, and each option's 2nd, 3rd ... product type."""
+    keys = [spec.key for _, spec in choice if ranked.get(spec.key)]
+    fills: list[dict[str, str]] = [{}]
+    fills.append({k: ranked[k][1] for k in keys if len(ranked[k]) > 1})
+    fills.append({k: _richest(ranked[k][:MARGIN_FILL_DEPTH], margin) for k in keys})
+    for depth in range(1, TYPE_FILLS + 1):
+        forced = {k: pid for k in keys if (pid := _type_variety(ranked[k], kind, depth)) is not None}
+        if forced:
+            fills.append(forced)
+    return fills
 
 
 def _memo(fn: Callable[[str, str], float]) -> Callable[[str, str], float]:

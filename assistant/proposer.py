@@ -13,7 +13,8 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Literal, TypeVar
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 import pandas as pd
 from pydantic import BaseModel, Field, create_model
@@ -33,8 +34,8 @@ T = TypeVar("T")
 
 def proposal_schema(numbers: list[str], n_bundles: int, min_size: int, max_size: int) -> type[BaseModel]:
     """A pydantic schema whose item ids can only be the candidate numbers in the prompt."""
-    item_id = Literal[tuple(numbers)]  # type: ignore[valid-type]
-    bundle = create_model(
+    item_id: Any = Literal[tuple(numbers)]
+    bundle: Any = create_model(
         "ProposedBundle",
         name=(str, Field(max_length=NAME_MAX)),
         item_ids=(list[item_id], Field(min_length=min_size, max_length=max_size)),
@@ -278,7 +279,8 @@ def propose_with_rules(
     used: set[str] = set()
     # a seed may share a given product's type: the ranker learned when that is wanted
     # (a second lens for a camera kit) and when it is a mere substitute
-    for seed in ranked or ([None] if len(given) >= min_size else []):
+    seeds: list[Candidate | None] = list(ranked) or ([None] if len(given) >= min_size else [])
+    for seed in seeds:
         if len(bundles) >= n_bundles:
             break
         if seed is not None and seed.product_id in used:
@@ -303,7 +305,8 @@ def _grow(items: list[str], pool: list[Candidate], size: int, pair_npmi, price, 
     items = list(items)
     total = sum(p for p in (price.get(i, float("nan")) for i in items) if p == p)
     while len(items) < size:
-        best, best_score = None, None
+        best: str | None = None
+        best_score: tuple[float, float] | None = None
         types = {ptype.get(i) for i in items}
         for cand in pool:
             pid = cand.product_id
@@ -319,7 +322,7 @@ def _grow(items: list[str], pool: list[Candidate], size: int, pair_npmi, price, 
                 continue  # the NPMI tie-break below costs a pair lookup per bundle item
             fit = sum(pair_npmi(pid, i) for i in items) / len(items)
             score = (round(relevance, 9), round(fit, 9))
-            if best_score is None or score > best_score or (score == best_score and pid < best):
+            if best is None or best_score is None or score > best_score or (score == best_score and pid < best):
                 best, best_score = pid, score
         if best is None:
             break

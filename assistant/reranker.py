@@ -81,7 +81,7 @@ from retrieval.config import ObjectiveConfig, PricingConfig
 from retrieval.schema import Constraints
 
 Source = Literal["llm", "rule"]
-SOURCE_ORDER: tuple[str, ...] = ("llm", "rule")
+SOURCE_ORDER: tuple[Source, ...] = ("llm", "rule")
 
 DEMOTE_FACTOR = 0.5
 BOOST_FACTOR = 0.5
@@ -471,6 +471,10 @@ def _merge(candidates: Iterable[BundleCandidate]) -> list[tuple[BundleCandidate,
     return merged
 
 
+def _cents_or_none(price: float | None) -> float | None:
+    return None if price is None else to_cents(price)
+
+
 def _scored(
     cand: BundleCandidate, sources: list[Source], items: Mapping[str, _Item], ctx: ScoringContext
 ) -> ScoredBundle:
@@ -483,7 +487,7 @@ def _scored(
             BundleItem(
                 product_id=i,
                 title=items[i].title,
-                price=None if items[i].price is None else to_cents(items[i].price),
+                price=_cents_or_none(items[i].price),
                 quantity=items[i].quantity,
             )
             for i in ids

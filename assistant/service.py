@@ -522,6 +522,7 @@ class BundleAssistant:
 
     def _recommendation(self, req: _Request, total: float) -> Recommendation:
         result = req.result
+        assert result is not None, "the rerank step always sets a result"
         bundles = [_shown(rank, b) for rank, b in enumerate(result.ranked, start=1)]
         if not bundles:
             req.notes.append("No bundle satisfies every constraint; try a larger budget or fewer exclusions.")

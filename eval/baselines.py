@@ -128,9 +128,9 @@ class BaselineData:
         products, counts = [], []
         for col, count in zip(r.indices[keep], r.data[keep]):
             t = str(table.keys[col])
-            pid = self._usual[user].get(t) or self._best_of_type.get(t)
-            if t and pid:
-                products.append(pid)
+            found = self._usual[user].get(t) or self._best_of_type.get(t)
+            if t and found:
+                products.append(found)
                 counts.append(float(count))
         return np.array(products, dtype=str), np.array(counts, dtype=np.float64), float(table.counts[i, i])
 

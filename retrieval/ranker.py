@@ -17,8 +17,12 @@ Training (at ``index`` time, from the index's own data only; :func:`train_ranker
 * bundle data (BundleRec): the training bundles are split into ``bundle_folds`` folds;
   for each fold, the co-occurrence and popularity are rebuilt without that fold's bundles,
   the sessions holding them and the user-item rows derived from them (the eval's own
-  hold-out rule), and each query asks for one held-out item of a fold bundle given the
-  rest. Labels: 1 for the held-out item.
+  hold-out rule, a multiset difference: a duplicate of a held-out bundle keeps its own
+  rows), and each query asks for one held-out item of a fold bundle given the rest
+  (leave one out, up to ``max_held_per_bundle`` items per bundle). Labels: 1 for the
+  held-out item. Small folds (10) keep each fold's history close to the full data.
+* a ``query_share`` of the queries also carry a synthetic need (the embedded name of one
+  target's product type), so the model learns what matching the request is worth.
 * Deterministic: fixed seeds, ``deterministic=True``, ``force_col_wise``, a fixed thread
   count; the same data gives the same model bytes and the same ranking.
 * Saved with the build as ``ranker_v{VERSION}.txt`` plus ``ranker_card.json`` (data

@@ -166,16 +166,27 @@ def wait_answer(page, before: int) -> str:
 
 
 def say(page, text: str) -> str:
-    before = bot_count(page)
+    """Send a message; the assistant's complete answer."""
+    before, turn = bot_count(page), turn_of(page)
     box = page.get_by_placeholder(re.compile("Taco night"))
     box.fill(text)
     box.press("Enter")
-    return wait_answer(page, before)
+    wait_answer(page, before)
+    settled(page, turn)
+    return page.locator("#chat [data-testid=bot]").last.inner_text()
 
 
-def settled(page) -> None:
-    """No event of the page is running (Gradio marks pending outputs)."""
-    page.wait_for_function("() => !document.querySelector('.pending, .generating')", timeout=20_000)
+def turn_of(page) -> int:
+    marker = page.locator("#ba-understood .ba-reply")
+    return int(marker.get_attribute("data-turn")) if marker.count() else 0
+
+
+def settled(page, after: int | None = None) -> None:
+    """The last reply is complete (and, with ``after``, belongs to a later turn)."""
+    page.wait_for_function(
+        "(n) => { const m = document.querySelector('#ba-understood .ba-reply');"
+        " return m && m.dataset.done === '1' && Number(m.dataset.turn) > n; }", arg=-1 if after is None else after,
+        timeout=20_000)
 
 
 def test_clear_resets_the_need_and_a_blank_message_is_ignored(page):
@@ -183,13 +194,13 @@ def test_clear_resets_the_need_and_a_blank_message_is_ignored(page):
     chips = page.locator("#ba-understood .ba-chip")
     assert "under $15" in chips.all_inner_texts()
     # a blank message: no new bubble, and the cards stay
-    messages = page.locator("#chat .message").count()
+    messages, turn = page.locator("#chat .message").count(), turn_of(page)
     box = page.get_by_placeholder(re.compile("Taco night"))
     box.fill("   ")
     box.press("Enter")
     page.wait_for_timeout(1500)
     settled(page)
-    assert page.locator("#chat .message").count() == messages
+    assert page.locator("#chat .message").count() == messages and turn_of(page) == turn
     assert page.locator("#bundle-card-1 .ba-price").is_visible()
     # the chat's trash icon forgets the need, its budget and exclusions
     page.locator("#chat").get_by_role("button", name="Clear").click()
@@ -209,7 +220,6 @@ def test_not_for_me_takes_the_bundle_off_the_screen(page):
                            " return c && c.textContent.trim() === n; }", arg=second)  # the rest moved up
     page.get_by_text(re.compile("won't come back")).wait_for()
     ask(page, "snacks")  # the same request again: that bundle stays away for the session
-    settled(page)
     for rank in (1, 2, 3):
         card = page.locator(f"#bundle-card-{rank} .ba-card")
         if card.count() and card.is_visible():
@@ -222,22 +232,22 @@ def test_a_refinement_chip_can_be_undone(page):
     say(page, "add a drink")
     undo = page.get_by_role("button", name="Undo “+ drink”", exact=True)
     undo.wait_for(state="visible")
-    settled(page)
-    n = bot_count(page)
+    n, turn = bot_count(page), turn_of(page)
     undo.click()
     wait_answer(page, n)
+    settled(page, turn)
     undo.wait_for(state="hidden")
-    settled(page)
     assert page.locator("#chat [data-testid=user]").last.inner_text().strip() == "Undo “+ drink”"
-    after = [page.locator(f"#bundle-card-{r} .ba-item").all_inner_texts() for r in (1, 2)]
-    assert after == before  # back to the bundles before the drink
+    # back to the bundles before the drink (the cards follow the intro, so wait for them)
+    page.wait_for_function(
+        "(want) => JSON.stringify([1, 2].map(r => [...document.querySelectorAll(`#bundle-card-${r} .ba-item`)]"
+        ".map(e => e.innerText.trim()))) === JSON.stringify(want)", arg=before, timeout=15_000)
     assert {"under $25", "no dairy"} <= set(page.locator("#ba-understood .ba-chip").all_inner_texts())
 
 
 def test_a_vague_message_gets_a_question_with_suggestions(page):
     answer = say(page, "something for tonight")
     assert "?" in answer
-    settled(page)
     suggestions = page.locator("#ba-suggestions button.ba-suggest")
     visible = [suggestions.nth(i) for i in range(suggestions.count()) if suggestions.nth(i).is_visible()]
     assert len(visible) >= 2
@@ -247,6 +257,25 @@ def test_a_vague_message_gets_a_question_with_suggestions(page):
     page.locator("#bundle-card-1 .ba-price").wait_for(state="visible")
     assert page.locator("#chat [data-testid=user]").last.inner_text().strip() == choice
     assert page.get_by_role("button", name="Stop", exact=True).is_visible()
+
+
+def table_rows(page, selector: str, expected: int) -> list[dict[str, str]]:
+    """Every row of a Gradio dataframe by its header names. The table is virtual (only
+    the rows in view exist), so its viewport is scrolled through."""
+    headers = [h.strip() for h in page.locator(f"{selector} thead th").all_inner_texts()]
+    seen: dict[str, dict[str, str]] = {}
+    for _ in range(50):
+        for cells in page.evaluate(
+                "(sel) => [...document.querySelectorAll(sel + ' [role=row].virtual-row')]"
+                ".map(r => [...r.querySelectorAll('[role=gridcell]')].map(c => c.innerText.trim()))", selector):
+            if len(cells) == len(headers):
+                seen[cells[0]] = dict(zip(headers, cells))
+        if len(seen) >= expected:
+            break
+        page.evaluate("(sel) => { const v = document.querySelector(sel + ' .virtual-table-viewport');"
+                      " v.scrollTop += 150; }", selector)
+        page.wait_for_timeout(200)
+    return list(seen.values())
 
 
 def test_merchandiser_signs_in_and_generates_ideas(page, shots: Path):
@@ -265,22 +294,19 @@ def test_merchandiser_signs_in_and_generates_ideas(page, shots: Path):
     assert password.input_value() == ""  # cleared after sign-in
     page.get_by_label("Theme").fill("back-to-school lunch bundles, margin at least 30%")
     generate.click()
-    page.get_by_text(re.compile(r"\d+ ideas from \d+ candidate bundles")).wait_for()
-    settled(page)
+    status = page.locator("#merch-status")
+    status.get_by_text(re.compile(r"\d+ ideas from \d+ candidate bundles")).wait_for()
+    ideas = int(re.search(r"(\d+) ideas from", status.inner_text()).group(1))
     # the chips show the parsed margin, and the field is prefilled with it
     assert "margin ≥ 30%" in page.locator("#merch-chips .ba-chip").all_inner_texts()
     assert page.locator("input[aria-label='number input for Minimum margin after discount']").input_value() == "0.3"
     # every idea honours it, and its products are in the table
-    table = page.locator("#merch-table")
-    headers = [h.strip() for h in table.locator("thead th").all_inner_texts()]
-    rows = table.locator("tbody tr")
-    assert rows.count() >= 2
-    margin_col, products_col = headers.index("margin_after_discount"), headers.index("products")
-    for i in range(rows.count()):
-        cells = rows.nth(i).locator("td")
-        assert float(cells.nth(margin_col).inner_text()) >= 0.30 - 1e-9
-        assert " · " in cells.nth(products_col).inner_text()
-    assert table.get_by_text(re.compile("Lunch|lunch")).count() >= 1
+    rows = table_rows(page, "#merch-table", ideas)
+    assert sorted(int(r["rank"]) for r in rows) == list(range(1, ideas + 1))
+    for row in rows:
+        assert float(row["margin_after_discount"]) >= 0.30 - 1e-9
+        assert len(row["products"].split(" · ")) >= 2 and row["unit_prices"].count("$") >= 2
+    assert any("lunch" in r["products"].lower() for r in rows)
     # the export downloads
     with page.expect_download() as download:
         page.locator("#merch-csv").click()
@@ -291,6 +317,7 @@ def test_merchandiser_signs_in_and_generates_ideas(page, shots: Path):
     plot.locator("svg, canvas").first.wait_for(state="visible")
     assert re.search(r"all \d+ candidate bundles", plot.inner_text())
     assert "0.00" in plot.inner_text() and "margin after discount" in plot.inner_text()
+    page.evaluate("() => { document.querySelector('#merch-table .virtual-table-viewport').scrollTop = 0; }")
     page.screenshot(path=str(shots / "merchandiser.png"), full_page=True)
     assert (shots / "merchandiser.png").stat().st_size > 10_000
 
@@ -338,7 +365,8 @@ KEY_TEXT = (".ba-chip", ".ba-save", ".ba-price", ".ba-rank", ".ba-name", ".ba-ba
 
 
 def ask(page, text: str = "pasta night under $15, no dairy") -> None:
-    """Send a message and wait for the answer (a new assistant message, past "…")."""
+    """Send a message and wait for the whole answer, its first card on screen."""
+    turn = turn_of(page)
     before = page.locator("#chat [data-testid=bot]").count()
     box = page.get_by_placeholder(re.compile("Taco night"))
     box.fill(text)
@@ -346,6 +374,7 @@ def ask(page, text: str = "pasta night under $15, no dairy") -> None:
     page.wait_for_function("(n) => { const b = document.querySelectorAll('#chat [data-testid=bot]');"
                            " return b.length > n && !b[b.length - 1].textContent.trim().startsWith('…'); }",
                            arg=before)
+    settled(page, turn)
     answer = page.locator("#chat [data-testid=bot]").last.inner_text()
     try:
         page.locator("#bundle-card-1 .ba-price").wait_for(state="visible", timeout=10_000)

@@ -75,7 +75,7 @@ def _eager_processor_class() -> type:
     shifts = torch.arange(32, dtype=torch.int32)
 
     class EagerOutlinesProcessor(OutlinesCoreLogitsProcessor):  # type: ignore[misc]
-        def _bias_logits_torch(self, batch_size: int, logits: torch.Tensor) -> torch.Tensor:
+        def _bias_logits_torch(self, batch_size: int, logits: Any) -> Any:  # outlines types it TensorType
             for i in range(batch_size):
                 fill_next_token_bitmask(self._guides[i], self._bitmasks[i])
                 bits = (self._bitmasks[i].unsqueeze(-1) >> shifts) & 1

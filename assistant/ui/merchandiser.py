@@ -107,6 +107,9 @@ def frontier_plot(result: IdeasResult) -> Any:
         else "other candidate"
         for chosen, ok, pareto in zip(frame["chosen"], frame["feasible"], frame["pareto"])
     ]
+    # drawn in row order: faded ones first, the chosen ideas last (on top)
+    order = {"fails a constraint": 0, "other candidate": 1, "Pareto-optimal": 2, "chosen idea": 3}
+    frame = frame.sort_values("kind", key=lambda k: k.map(order), kind="stable").reset_index(drop=True)
     fr = result.frontier
     return gr.ScatterPlot(value=frame, x="margin", y="preference", color="kind", color_map=FRONTIER_COLORS,
                           x_lim=list(fr.x_range), y_lim=list(fr.y_range), x_title=fr.x_label, y_title=fr.y_label,
@@ -126,7 +129,7 @@ def shown_table(result: IdeasResult) -> pd.DataFrame:
     return table[[*SHOWN_FIRST, *rest]]
 
 
-def column_widths(columns: list[str]) -> list[str]:
+def column_widths(columns: list[str]) -> list[str | int]:
     wide = {"name": "240px", "products": "420px", "unit_prices": "150px", "product_ids": "200px"}
     return [wide.get(c, "60px" if c == "rank" else "110px") for c in columns]
 

@@ -139,17 +139,18 @@ def cart_line_html(line: CartLine, number: int, titles: Titles) -> str:
             f'<ul class="ba-items">{items}</ul></div>')
 
 
-def understood_html(reply: Reply | None) -> str:
+def understood_html(reply: Reply | None, turn: int = 0) -> str:
     """The request's own chips (what was read) and the quiet notes; the refinement
-    chips are buttons of their own (they can be taken back)."""
+    chips are buttons of their own (they can be taken back). The wrapper says which
+    turn this is and whether its reply is complete (scripts and tests wait on it)."""
     if reply is None:
         return ""
     fixed = [c.label for c in reply.chips if c.id is None] if reply.chips else list(reply.understood)
-    if not (fixed or reply.notes):
-        return ""
     chips = "".join(f'<span class="ba-chip">{esc(p)}</span>' for p in fixed)
     notes = "".join(f'<div class="ba-quiet">{esc(n)}</div>' for n in reply.notes)
-    return f'<div class="ba-understood">{chips}</div>{notes}'
+    body = f'<div class="ba-understood">{chips}</div>{notes}' if fixed or reply.notes else ""
+    return (f'<div class="ba-reply" data-turn="{turn}" data-phase="{esc(reply.phase)}" '
+            f'data-done="{int(reply.done)}">{body}</div>')
 
 
 def chat_markdown(reply: Reply) -> str:

@@ -51,8 +51,7 @@ class Persona:
     description: str
 
 
-GUEST = Persona(GUEST_KEY, "Guest",
-                "A new shopper with no history: I learn from what you ask for and what you like or add to the cart.")
+GUEST = Persona(GUEST_KEY, "Guest", "New here, no history: I learn from what you ask for, like and add to the cart.")
 
 
 def persona_line(profile: UserProfile) -> str:
@@ -169,7 +168,8 @@ class Shopper:
 
     def outputs(self, session: ShopperSession) -> tuple:
         reply = session.reply
-        return (list(session.messages), reply.as_dict() if reply else {}, "", understood_html(reply),
+        return (list(session.messages), reply.as_dict() if reply else {}, "",
+                understood_html(reply, session.conversation.turns),
                 *self.card_outputs(reply), *self.control_outputs(session), session)
 
     def _stream(self, session: ShopperSession, said: str, replies: Iterable[Reply]) -> Iterator[tuple]:
@@ -366,7 +366,7 @@ def _chat_column(v: ShopperView, personas: list[Persona]) -> None:
                            placeholder="Ask for bundle ideas — a meal, an occasion, a budget.")
     with gr.Row(elem_classes="ba-suggest-row", elem_id="ba-suggestions"):
         v.suggest = [gr.Button(visible=False, size="sm", elem_classes="ba-suggest") for _ in range(SUGGEST_SLOTS)]
-    with gr.Row():
+    with gr.Row(elem_classes="ba-input-row"):
         v.message = gr.Textbox(placeholder="e.g. " + EXAMPLES[0], show_label=False, scale=6, max_lines=3,
                                max_length=MAX_MESSAGE_CHARS, autofocus=True)
         v.send = gr.Button("Send", variant="primary", scale=1, min_width=80)

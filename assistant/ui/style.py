@@ -57,6 +57,10 @@ button.ba-suggest{border-radius:999px !important}
   .ba-persona-info *{font-size:13px !important;line-height:1.35 !important}
   #chat{height:min(280px,34vh) !important}
   .ba-chips{flex-wrap:nowrap !important;overflow-x:auto;gap:6px !important}
+  .ba-input-row{flex-wrap:nowrap !important;gap:6px !important}
+  .ba-input-row > button{min-width:56px !important;flex:0 0 auto !important;padding-left:8px !important;
+    padding-right:8px !important}
+  .ba-input-row > *:first-child{min-width:0 !important}
   .ba-chips > *{flex:0 0 auto !important;min-width:0 !important;width:auto !important}
   .ba-main,.ba-chat-col,.ba-cards-col{gap:8px !important}
   /* once there is an answer the examples make room for it (Gradio prefixes every rule
