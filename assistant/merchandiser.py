@@ -1229,11 +1229,13 @@ MAX_COMBOS_TRIED = 80  # option combinations of one role subset tried, most typi
 MARGIN_FILL_DEPTH = 40  # the margin fill picks the highest-margin product among an option's ranked ones
 TYPE_FILLS = 2  # fills that take each option's 2nd, 3rd ... product type (distinct concepts)
 SUBSET_COMBOS_TRIED = 16  # ... and of the plan less one role (variety, not more of the same)
-MAX_COMPOSED_CANDIDATES = 300  # candidate bundles built from one plan (scoring cost stays bounded)
-FULL_PLAN_CANDIDATES = 220  # of which at most this many from the whole plan
+MAX_COMPOSED_CANDIDATES = 340  # candidate bundles built from one plan (scoring cost stays bounded)
+FULL_PLAN_CANDIDATES = 260  # of which at most this many from the whole plan
 UNDER_FLOOR_KEPT = 40  # bundles under a margin floor scored anyway (frontier, explanations)
 LIFT_ROLES = 4  # high-margin types near the theme that may join a bundle under a margin floor
 LIFT_BAND = 0.15  # a lift type's cosine to the theme is within this of the best type's
+SPREAD_VARIANTS = 12  # such margin-rich variants per request
+SPREAD_LIFT_FLOOR = 0.30  # with no floor, lift kinds above this margin make the pool's margin-rich variants
 LIFT_MARGIN_GAP = 0.02  # a lift type's margin is at least this above the floor
 
 
@@ -1354,6 +1356,49 @@ def _lift_margin(items: list[Any], fill: _Fill, floor: float, min_size: int, cap
     return None
 
 
+def _swap_in_lift(items: list[Any], fill: _Fill, lift: tuple[Any, Any], composer: Any) -> list[Any] | None:
+    """The bundle with its lowest-margin non-headline item replaced by the best product of
+    a high-margin kind near the theme (None when nothing can be swapped)."""
+    role, spec = lift
+    used = {x.product_id for x in items}
+    pick = next((p for p in fill.comp.ranked.get(spec.key, []) if p not in used), None)
+    spots = [i for i, x in enumerate(items) if x.role not in fill.headline_roles]
+    if pick is None or not spots:
+        return None
+    worst = min(spots, key=lambda i: (float(fill.margin.get(items[i].product_id, 0.0)), -i))
+    out = list(items)
+    out[worst] = composer._item(pick, spec, role.name, fill.comp.portions)
+    return out
+
+
+def _add_candidate(items: list[Any], floor: float | None, fill: _Fill, min_size: int, cap: int,
+                   lifts: Sequence[tuple[Any, Any]], composer: Any, under: list[BundleCandidate],
+                   seen: set[frozenset[str]], labels: dict[str, str], item_roles: dict[str, str],
+                   proposals: list[BundleCandidate]) -> bool:
+    """Adds one built bundle to the pool (lifted over a margin floor when there is one);
+    False when it was dropped."""
+    margin = fill.margin
+    if floor is not None:
+        lifted = _lift_margin(items, fill, floor, min_size, cap, lifts, composer)
+        if len(under) < UNDER_FLOOR_KEPT and len(items) >= min_size and _bundle_margin(items, margin) < floor:
+            # kept as proposed too: the frontier and the "fell under the floor" answer show
+            # what the floor removed
+            under.append(BundleCandidate(item_ids=tuple(i.product_id for i in items),
+                                         quantities=tuple(i.quantity for i in items), source="rule"))
+        if lifted is None:
+            return False
+        items = lifted
+    key = frozenset(i.product_id for i in items)
+    if len(items) < min_size or key in seen:
+        return False
+    seen.add(key)
+    for i in items:
+        item_roles.setdefault(i.product_id, labels.get(i.option, i.option.capitalize()))
+    proposals.append(BundleCandidate(item_ids=tuple(i.product_id for i in items),
+                                     quantities=tuple(i.quantity for i in items), source="rule"))
+    return True
+
+
 def _composed_pool(assistant: BundleAssistant, need: Need, query_vec: np.ndarray, cons: Constraints,
                    min_size: int, size: int, *, explicit_size: bool) -> Pool | None:
     """Candidates from composition's role plan (:mod:`assistant.compose`): every option
@@ -1392,12 +1437,12 @@ def _composed_pool(assistant: BundleAssistant, need: Need, query_vec: np.ndarray
     fill = _Fill(comp, margin, kind, {r.name for r, _ in keep if r.headline})
     floor = cons.min_margin
     lifts: list[tuple[Any, Any]] = []
-    if floor is not None:
-        taken = {m for r in plan.roles for o in r.options for m in o.match}
-        for spec in _lift_specs(assistant, query_vec, plan.food, floor, taken):
-            comp.ranked[spec.key] = composer.ranked_products(spec, ctx)
-            if comp.ranked[spec.key]:
-                lifts.append((Role(name=spec.key, options=[spec], optional=True), spec))
+    # with no floor, the lifts make the margin-rich variants that give the sliders a range
+    taken = {m for r in plan.roles for o in r.options for m in o.match}
+    for spec in _lift_specs(assistant, query_vec, plan.food, SPREAD_LIFT_FLOOR if floor is None else floor, taken):
+        comp.ranked[spec.key] = composer.ranked_products(spec, ctx)
+        if comp.ranked[spec.key]:
+            lifts.append((Role(name=spec.key, options=[spec], optional=True), spec))
     labels = {o.key: o.label for r in plan.roles for o in r.options}
     labels.update({spec.key: spec.label for _, spec in lifts})
     item_roles: dict[str, str] = {}
@@ -1405,40 +1450,34 @@ def _composed_pool(assistant: BundleAssistant, need: Need, query_vec: np.ndarray
     under: list[BundleCandidate] = []  # as built, before the margin lift
     seen: set[frozenset[str]] = set()
     cap = size if explicit_size else max(size, len(keep))
+    spread = 0
     for n, subset in enumerate(_role_subsets(keep, min_size)):
         tried = MAX_COMBOS_TRIED if n == 0 else SUBSET_COMBOS_TRIED
         # the whole plan may not use up the pool: the plans less one role add variety
         limit = FULL_PLAN_CANDIDATES if n == 0 else MAX_COMPOSED_CANDIDATES
-        for _prior, idx in Composer._combos([opts for _, opts in subset])[:tried]:
+        head = next((i for i, (r, _) in enumerate(subset) if r.headline), 0)
+        for idx in _by_headline(Composer._combos([opts for _, opts in subset]), head)[:tried]:
             if len(proposals) >= limit:
                 break
             choice = [(r, opts[i]) for (r, opts), i in zip(subset, idx)]
             if len({spec.key for _, spec in choice}) < len(choice):
                 continue
-            for forced in _fills(choice, comp.ranked, margin, kind):
-                items = composer.build(choice, comp.optional, comp.ranked, comp.portions, comp.budget, forced)
-                if not items:
+            for f, forced in enumerate(_fills(choice, comp.ranked, margin, kind)):
+                built = composer.build(choice, comp.optional, comp.ranked, comp.portions, comp.budget, forced)
+                if not built:
                     continue
-                items = items[:cap]  # core roles come first: a stated item range drops the last ones
-                if floor is not None:
-                    lifted = _lift_margin(items, fill, floor, min_size, cap, lifts, composer)
-                    if (len(under) < UNDER_FLOOR_KEPT and len(items) >= min_size
-                            and _bundle_margin(items, margin) < floor):
-                        # kept as proposed too: the frontier and the "fell under the floor"
-                        # answer show what the floor removed
-                        under.append(BundleCandidate(item_ids=tuple(i.product_id for i in items),
-                                                     quantities=tuple(i.quantity for i in items), source="rule"))
-                    if lifted is None:
-                        continue
-                    items = lifted
-                key = frozenset(i.product_id for i in items)
-                if len(items) < min_size or key in seen:
-                    continue
-                seen.add(key)
-                for i in items:
-                    item_roles.setdefault(i.product_id, labels.get(i.option, i.option.capitalize()))
-                proposals.append(BundleCandidate(item_ids=tuple(i.product_id for i in items),
-                                                 quantities=tuple(i.quantity for i in items), source="rule"))
+                built = built[:cap]  # core roles come first: a stated item range drops the last ones
+                variants = [built]
+                if floor is None and f == 1 and lifts and spread < SPREAD_VARIANTS:
+                    # the richest fill once more with a lift swapped in: a few margin-rich
+                    # candidates for the margin slider, not a pool full of them
+                    swapped = _swap_in_lift(built, fill, lifts[spread % len(lifts)], composer)
+                    if swapped is not None:
+                        variants.append(swapped)
+                        spread += 1
+                for items in variants:
+                    _add_candidate(items, floor, fill, min_size, cap, lifts, composer, under, seen, labels,
+                                   item_roles, proposals)
     for cand in under:
         key = frozenset(cand.item_ids)
         if key not in seen:
@@ -1447,18 +1486,38 @@ def _composed_pool(assistant: BundleAssistant, need: Need, query_vec: np.ndarray
     return Pool(plan.source, proposals, item_roles, {}, comp.role_products(per_option=2), len(comp.keep))
 
 
+def _by_headline(combos: Sequence[tuple[float, tuple[int, ...]]], head: int) -> list[tuple[int, ...]]:
+    """Option combinations, most typical first but taking each headline option in turn:
+    ideas led by lunchmeat, peanut butter and a lunch kit, not forty lunch kits (headline
+    options sit in different departments, so this also spreads the pool's margins)."""
+    queues: dict[int, list[tuple[int, ...]]] = {}
+    for _prior, idx in combos:
+        queues.setdefault(idx[head] if idx else 0, []).append(idx)
+    out: list[tuple[int, ...]] = []
+    order = sorted(queues)
+    depth = 0
+    while len(out) < len(combos):
+        for h in order:
+            if depth < len(queues[h]):
+                out.append(queues[h][depth])
+        depth += 1
+    return out
+
+
 def _fills(choice: Sequence[tuple[Any, Any]], ranked: dict[str, list[str]], margin: pd.Series,
            kind: Callable[[str], str]) -> list[dict[str, str]]:
     """The products forced per option for one combination: none (each option's best), the
-    runner-up, the highest-margin, and each option's 2nd, 3rd ... product type."""
+    highest-margin, each option's 2nd product type, the runner-up, the 3rd product type
+    (most useful first: a capped pool keeps the margin spread and the variety)."""
     keys = [spec.key for _, spec in choice if ranked.get(spec.key)]
     fills: list[dict[str, str]] = [{}]
-    fills.append({k: ranked[k][1] for k in keys if len(ranked[k]) > 1})
     fills.append({k: _richest(ranked[k][:MARGIN_FILL_DEPTH], margin) for k in keys})
     for depth in range(1, TYPE_FILLS + 1):
         forced = {k: pid for k in keys if (pid := _type_variety(ranked[k], kind, depth)) is not None}
         if forced:
             fills.append(forced)
+        if depth == 1:
+            fills.append({k: ranked[k][1] for k in keys if len(ranked[k]) > 1})
     return fills
 
 

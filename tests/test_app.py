@@ -212,7 +212,7 @@ def test_thumbs_and_reasons_are_recorded_under_a_pseudonym(shop):
     data = c.predict("snacks", "3", api_name="/chat")[BUNDLES]
     assert len(data["bundles"]) >= 2
     reason, note = c.predict("=too salty", "3", api_name="/dislike_2")
-    assert reason == "" and "Removed" in note
+    assert reason == "" and "Noted — removed" in note and "won't come back" in note
     reason, note = c.predict("", "3", api_name="/like_1")
     assert "Glad you like" in note
     events = shop.store.events(shop.assistant.user_key("3"))

@@ -266,7 +266,8 @@ class Shopper:
                 return reason, f"*{md(str(exc))}*", session
             if kind == "like":
                 return "", f"Glad you like **{md(bundle.name)}**. The next answers take it into account.", session
-            return "", f"Removed **{md(bundle.name)}**: it won't come back, and fewer picks like it.", session
+            return "", (f"Noted — removed **{md(bundle.name)}**: it won't come back this session, "
+                        "and picks like it move down."), session
         handler.__name__ = f"{kind}_{number}"
         return handler
 
