@@ -17,6 +17,20 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("assistant", "retrieval", "eval", "prompts")
 LAYER = {"retrieval": 0, "prompts": 0, "assistant": 1, "eval": 2, "app": 2}
 
+# Edges the architecture issue still has to remove, named so that nothing NEW can creep in:
+# the CLI runs eval's protocols (it should find them as a plugin), the facade and two of
+# its helpers import each other, and Constraints.excludes reaches back into the filters.
+OPEN_UPWARD = {
+    "assistant.cli -> eval.run",
+    "assistant.cli -> eval.scenarios",
+    "assistant.cli -> eval.tuning_data",
+}
+OPEN_CYCLES = {
+    frozenset({"retrieval.filters", "retrieval.schema"}),
+    frozenset({"assistant.service", "assistant.grouping"}),
+    frozenset({"assistant.service", "assistant.merchandiser"}),
+}
+
 
 def _module_name(path: Path) -> str:
     rel = path.relative_to(ROOT).with_suffix("")
@@ -81,7 +95,9 @@ def test_arrows_only_point_down():
         for t in targets
         if LAYER[_top(t)] > LAYER[_top(m)]
     ]
-    assert upward == [], "lower layers import upper ones:\n" + "\n".join(sorted(upward))
+    new = sorted(set(upward) - OPEN_UPWARD)
+    assert new == [], "lower layers import upper ones:\n" + "\n".join(new)
+    assert set(upward) == OPEN_UPWARD, f"fixed, drop from OPEN_UPWARD: {OPEN_UPWARD - set(upward)}"
 
 
 def test_no_import_cycles():
@@ -104,7 +120,10 @@ def test_no_import_cycles():
     for node in sorted(graph):
         if node not in state:
             visit(node)
-    assert cycles == [], "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+    found = {frozenset(c) for c in cycles}
+    new = [c for c in cycles if frozenset(c) not in OPEN_CYCLES]
+    assert new == [], "import cycles:\n" + "\n".join(" -> ".join(c) for c in new)
+    assert found == OPEN_CYCLES, f"fixed, drop from OPEN_CYCLES: {OPEN_CYCLES - found}"
 
 
 def test_graph_sees_function_level_imports(tmp_path):
