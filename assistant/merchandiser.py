@@ -1234,7 +1234,7 @@ FULL_PLAN_CANDIDATES = 260  # of which at most this many from the whole plan
 UNDER_FLOOR_KEPT = 40  # bundles under a margin floor scored anyway (frontier, explanations)
 LIFT_ROLES = 4  # high-margin types near the theme that may join a bundle under a margin floor
 LIFT_BAND = 0.15  # a lift type's cosine to the theme is within this of the best type's
-SPREAD_VARIANTS = 12  # such margin-rich variants per request
+SPREAD_VARIANTS = 20  # such margin-rich variants per request
 SPREAD_LIFT_FLOOR = 0.30  # with no floor, lift kinds above this margin make the pool's margin-rich variants
 LIFT_MARGIN_GAP = 0.02  # a lift type's margin is at least this above the floor
 
@@ -1247,6 +1247,7 @@ class _Fill:
     margin: pd.Series  # product id -> margin rate
     kind: Callable[[str], str]  # product id -> product type
     headline_roles: set[str]
+    named: set[str] = field(default_factory=set)  # options the theme names ("coffee"): never swapped or dropped
 
 
 def _bundle_margin(items: Sequence[Any], margin: pd.Series) -> float:
@@ -1334,7 +1335,8 @@ def _lift_margin(items: list[Any], fill: _Fill, floor: float, min_size: int, cap
             if _bundle_margin(items, margin) >= floor:
                 return items
     smallest = max(min_size, 2)
-    droppable = sorted((i for i, x in enumerate(items) if x.role not in fill.headline_roles),
+    droppable = sorted((i for i, x in enumerate(items) if x.role not in fill.headline_roles
+                        and x.option not in fill.named),
                        key=lambda i: (float(margin.get(items[i].product_id, 0.0)), -i))
     for n_drop in range(len(droppable) + 1):
         gone = set(droppable[:n_drop])
@@ -1362,7 +1364,7 @@ def _swap_in_lift(items: list[Any], fill: _Fill, lift: tuple[Any, Any], composer
     role, spec = lift
     used = {x.product_id for x in items}
     pick = next((p for p in fill.comp.ranked.get(spec.key, []) if p not in used), None)
-    spots = [i for i, x in enumerate(items) if x.role not in fill.headline_roles]
+    spots = [i for i, x in enumerate(items) if x.role not in fill.headline_roles and x.option not in fill.named]
     if pick is None or not spots:
         return None
     worst = min(spots, key=lambda i: (float(fill.margin.get(items[i].product_id, 0.0)), -i))
@@ -1397,6 +1399,24 @@ def _add_candidate(items: list[Any], floor: float | None, fill: _Fill, min_size:
     proposals.append(BundleCandidate(item_ids=tuple(i.product_id for i in items),
                                      quantities=tuple(i.quantity for i in items), source="rule"))
     return True
+
+
+def _named_options(need: Need, plan: Any) -> set[str]:
+    """The plan's options the theme names by a word that tells kinds apart ('coffee' of
+    'ground coffee'), the occasion's own words aside ('breakfast' names no sausage)."""
+    from .compose import _MODIFIERS, _without_words, _word_re, occasion_by_key
+
+    occasion = occasion_by_key(plan.occasion) if plan.occasion else None
+    request = " ".join([need.text, *need.include]).lower()
+    if occasion is not None:
+        request = _without_words(request, {w for a in occasion.aliases for w in a.lower().split()})
+    out = set()
+    for role in plan.roles:
+        for o in role.options:
+            words = [w for w in re.split(r"[\s/-]+", o.key.split("#")[0].lower()) if len(w) > 2 and w not in _MODIFIERS]
+            if any(_word_re(w).search(request) for w in words):
+                out.add(o.key)
+    return out
 
 
 def _composed_pool(assistant: BundleAssistant, need: Need, query_vec: np.ndarray, cons: Constraints,
@@ -1434,7 +1454,8 @@ def _composed_pool(assistant: BundleAssistant, need: Need, query_vec: np.ndarray
     def kind(pid: str) -> str:
         return composer.types.fact(pid)[3] if composer.types.has(pid) else ""
 
-    fill = _Fill(comp, margin, kind, {r.name for r, _ in keep if r.headline})
+    named = _named_options(need, plan)
+    fill = _Fill(comp, margin, kind, {r.name for r, _ in keep if r.headline}, named)
     floor = cons.min_margin
     lifts: list[tuple[Any, Any]] = []
     # with no floor, the lifts make the margin-rich variants that give the sliders a range

@@ -26,7 +26,7 @@ from retrieval.config import OBJECTIVE_COMPONENTS, ObjectiveConfig
 from retrieval.schema import Constraints
 
 from ..auth import LoginThrottle, MerchGate
-from ..merchandiser import IdeasResult
+from ..merchandiser import TABLE_COLUMNS, IdeasResult
 from ..privacy import pseudonymise
 from ..service import BundleAssistant, ServiceError
 from .render import Titles, md, merch_chips_html
@@ -123,10 +123,11 @@ SHOWN_FIRST = ["rank", "name", "products", "unit_prices", "bundle_price", "list_
                "margin_after_discount"]
 
 
+SHOWN_COLUMNS = [*SHOWN_FIRST, *(c for c in TABLE_COLUMNS if c not in SHOWN_FIRST and c != "roles")]
+
+
 def shown_table(result: IdeasResult) -> pd.DataFrame:
-    table = result.table()
-    rest = [c for c in table.columns if c not in SHOWN_FIRST and c != "roles"]
-    return table[[*SHOWN_FIRST, *rest]]
+    return result.table()[SHOWN_COLUMNS]
 
 
 def column_widths(columns: list[str]) -> list[str | int]:
@@ -225,9 +226,7 @@ class Merchandiser:
         used = field_values(result)
         # what the theme alone filled: the fields the user did not type
         theme_filled = {n: v for n, v in used.items() if n not in edited}
-        table = shown_table(result)
-        return (merch_chips_html(chip_pairs(result, edited)),
-                gr.Dataframe(value=table, column_widths=column_widths(list(table.columns))), table_caption(result),
+        return (merch_chips_html(chip_pairs(result, edited)), shown_table(result), table_caption(result),
                 frontier_plot(result), str(csv_path), str(json_path), status_text(result),
                 used["min_margin"], used["max_price"], used["max_items"], theme_filled)
 
@@ -296,7 +295,8 @@ def _results() -> dict[str, Any]:
     r["chips"] = gr.HTML(elem_id="merch-chips")
     r["status"] = gr.Markdown(elem_id="merch-status")
     r["table"] = gr.Dataframe(label="Ideas: products, prices, margin, every score component, projected performance",
-                              max_height=460, pinned_columns=2, wrap=True, elem_id="merch-table")
+                              max_height=460, pinned_columns=2, wrap=True, elem_id="merch-table",
+                              headers=SHOWN_COLUMNS, column_widths=column_widths(SHOWN_COLUMNS))
     r["caption"] = gr.Markdown(elem_classes="ba-caption", elem_id="merch-caption")
     with gr.Row():
         r["plot"] = gr.ScatterPlot(x="margin", y="preference", color="kind", elem_id="merch-frontier", scale=3,
