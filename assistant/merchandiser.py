@@ -1419,6 +1419,18 @@ def _named_options(need: Need, plan: Any) -> set[str]:
     return out
 
 
+def _narrow_to_named(plan: Any, named: set[str]) -> Any:
+    """'coffee and breakfast pastry': a role offering a kind the theme names keeps only the
+    named kinds and stops being optional, so every idea holds the coffee."""
+    if not named:
+        return plan
+    roles = []
+    for role in plan.roles:
+        hits = [o for o in role.options if o.key in named]
+        roles.append(role.model_copy(update={"options": hits, "optional": False}) if hits else role)
+    return plan.model_copy(update={"roles": roles})
+
+
 def _composed_pool(assistant: BundleAssistant, need: Need, query_vec: np.ndarray, cons: Constraints,
                    min_size: int, size: int, *, explicit_size: bool) -> Pool | None:
     """Candidates from composition's role plan (:mod:`assistant.compose`): every option
@@ -1444,6 +1456,8 @@ def _composed_pool(assistant: BundleAssistant, need: Need, query_vec: np.ndarray
     ctx = ShopperContext(allowed=lambda pid: assistant.retriever.allowed(pid, cons), preference=query_vec,
                          embeddings=lambda ids: index.embeddings_of(ids))
     composer = assistant.composer
+    named = _named_options(need, plan)
+    plan = _narrow_to_named(plan, named)
     comp = composer.prepare(plan, need, ctx, budget=cons.budget)
     if not comp.keep:
         return Pool(plan.source, [], {}, {}, [], len(plan.roles))
@@ -1454,7 +1468,6 @@ def _composed_pool(assistant: BundleAssistant, need: Need, query_vec: np.ndarray
     def kind(pid: str) -> str:
         return composer.types.fact(pid)[3] if composer.types.has(pid) else ""
 
-    named = _named_options(need, plan)
     fill = _Fill(comp, margin, kind, {r.name for r, _ in keep if r.headline}, named)
     floor = cons.min_margin
     lifts: list[tuple[Any, Any]] = []

@@ -236,13 +236,16 @@ class RankerConfig(BaseModel):
     seed: int = 0
     num_threads: int = 2  # fixed: LightGBM's result may depend on the thread count
     num_leaves: int = 31
-    learning_rate: float = 0.05
+    # chosen on the internal validation of the CJ dev training data (weeks 1-38): lr 0.05 /
+    # truncation 30 gave NDCG@10 0.462 in 166 trees, lr 0.1 / truncation 20 0.456 in 47
+    # trees (a quarter of the training time, a third of the scoring and TreeSHAP time)
+    learning_rate: float = 0.1
     n_estimators: int = 300
     early_stopping_rounds: int = 30
     min_data_in_leaf: int = 50
     feature_fraction: float = 0.9
     lambda_l2: float = 1.0
-    truncation_level: int = 30
+    truncation_level: int = 20
     label_days: float = 42.0  # basket data: the last six weeks are the labels
     min_types: int = 4  # a label basket needs this many distinct product types
     min_history_baskets: int = 5
@@ -268,7 +271,7 @@ class RankerConfig(BaseModel):
     role_k: int = 5
     # worded reasons for the first N ranked candidates only: LightGBM's pred_contrib costs
     # ~0.3 ms a row (TreeSHAP), against ~0.01 ms for a plain score
-    explain_k: int = 20
+    explain_k: int = 12  # the LLM's prompt shows 12 candidates; rule bundles draw from the top too
 
 
 class LLMConfig(BaseModel):

@@ -110,6 +110,7 @@ _GROUPS: dict[str, tuple[str, ...]] = {
 GROUP_OF: dict[str, str] = {f: g for g, fs in _GROUPS.items() for f in fs}  # unlisted features: "base"
 GROUPS: tuple[str, ...] = (*_GROUPS, "base")
 _COL = {f: i for i, f in enumerate(FEATURES)}
+_GEN = {g: i for i, g in enumerate(GENERATORS)}
 
 FALLBACK_BIAS = -2.0
 # A hand-set blend, documented rather than tuned: a repeat purchase counts most (in grocery
@@ -147,8 +148,7 @@ def features(data: RankerData, ctx: RankingContext, rows: np.ndarray, flags: Seq
     if user is not None:
         _repeat(put, "item", user.lookup(rows), user)
         _repeat(put, "type", user.lookup_types(codes), user)
-        usual = np.array([user.usual_of_type.get(int(c), -2) == r for c, r in zip(codes, rows)], dtype=np.float64)
-        put("usual_of_type", usual)
+        put("usual_of_type", _is_usual(user, codes, rows))
         put("user_baskets", user.n_baskets)
         if user.median_price == user.median_price and user.median_price > 0:
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -183,10 +183,25 @@ def features(data: RankerData, ctx: RankingContext, rows: np.ndarray, flags: Seq
     with np.errstate(divide="ignore", invalid="ignore"):
         put("log_price", np.log(cat.price[rows]))
     put("in_stock", cat.in_stock[rows].astype(np.float64))
-    for g in GENERATORS:
-        put(f"from_{g}", np.array([g in f for f in flags], dtype=np.float64))
+    first = _COL[f"from_{GENERATORS[0]}"]  # the flags are consecutive columns, in GENERATORS order
+    X[:, first: first + len(GENERATORS)] = 0.0
+    for j, names in enumerate(flags):
+        for g in names:
+            X[j, first + _GEN[g]] = 1.0
     X[~np.isfinite(X)] = np.nan
     return X
+
+
+def _is_usual(user: UserRow, codes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """1 where the row is the user's most bought SKU of its type."""
+    if not user.usual_of_type:
+        return np.zeros(len(rows))
+    types = np.fromiter(user.usual_of_type.keys(), dtype=np.int64)
+    usual = np.fromiter(user.usual_of_type.values(), dtype=np.int64)
+    order = np.argsort(types)
+    types, usual = types[order], usual[order]
+    at = np.minimum(np.searchsorted(types, codes), len(types) - 1)
+    return ((types[at] == codes) & (usual[at] == rows)).astype(np.float64)
 
 
 def _repeat(put, prefix: str, stats: np.ndarray, user: UserRow) -> None:

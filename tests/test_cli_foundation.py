@@ -9,11 +9,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import CJ_SLICE_HOUSEHOLDS, executable, seed_embedding_cache, subprocess_env
 
 from assistant.cli import EXIT_BAD_INPUT, main
 from assistant.privacy import is_pseudonym
-
-from conftest import CJ_SLICE_HOUSEHOLDS, executable, seed_embedding_cache, subprocess_env
+from retrieval.candidates import REASONS
 
 CSV_PRODUCTS = (
     "sku,name,unit_price,aisle,category\n"
@@ -68,7 +68,8 @@ def test_search_filters_from_the_command_line(capsys, cj_slice_dir):
     hits = json.loads(out)
     assert len(hits) == 10
     assert all(h["price"] <= 2 and h["department"] == "GROCERY" and "candy" not in h["title"].lower() for h in hits)
-    assert {"semantic", "affinity"} <= {h["reason"] for h in hits}
+    reasons = {h["reason"] for h in hits}
+    assert "semantic" in reasons and reasons & {"repeat", "profile"}  # the request, and this household
     code, text, _ = run_cli(capsys, "search", "something sweet", "--data-dir", cj_slice_dir)
     assert code == 0 and len(text.strip().splitlines()) == 10 and "semantic" in text
 
@@ -167,7 +168,7 @@ def test_console_script_search_json(cj_slice_dir):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     hits = json.loads(proc.stdout)
-    assert len(hits) == 5 and all(h["reason"] in {"semantic", "affinity", "complement", "popular"} for h in hits)
+    assert len(hits) == 5 and all(h["reason"] in REASONS for h in hits)
 
 
 def test_console_script_bad_input(cj_slice_dir):
