@@ -1346,9 +1346,9 @@ def _lift_margin(items: list[Any], fill: _Fill, floor: float, min_size: int, cap
             if len(kept) >= cap:
                 break
             used = {x.product_id for x in kept}
-            pick = next((p for p in ranked.get(spec.key, []) if p not in used), None)
-            if pick is not None:
-                kept.append(composer._item(pick, spec, role.name, fill.comp.portions))
+            extra = next((p for p in ranked.get(spec.key, []) if p not in used), None)
+            if extra is not None:
+                kept.append(composer._item(extra, spec, role.name, fill.comp.portions))
                 if len(kept) >= smallest and _bundle_margin(kept, margin) >= floor:
                     return kept
         if len(bare) >= smallest and _bundle_margin(bare, margin) >= floor:

@@ -179,7 +179,9 @@ def features(data: RankerData, ctx: RankingContext, rows: np.ndarray, flags: Seq
     if ctx.profile_vec is not None and np.any(ctx.profile_vec):
         put("cos_profile", cat.embeddings[rows] @ np.asarray(ctx.profile_vec, dtype=np.float32))
     put("popularity", cat.popularity[rows])
-    put("type_popularity", np.where(codes >= 0, data.type_popularity[np.maximum(codes, 0)], np.nan))
+    known = data.type_popularity  # empty when the index has no typed products
+    looked_up = known[np.clip(codes, 0, len(known) - 1)] if len(known) else np.full(len(codes), np.nan)
+    put("type_popularity", np.where(codes >= 0, looked_up, np.nan))
     with np.errstate(divide="ignore", invalid="ignore"):
         put("log_price", np.log(cat.price[rows]))
     put("in_stock", cat.in_stock[rows].astype(np.float64))

@@ -213,3 +213,27 @@ def test_cli_ideas_json(cj_slice_dir, capsys):
     code = main(["ideas", "snacks", "--weights", "margin=0,sales=0", "--data-dir", str(cj_slice_dir)])
     assert code == 2
     assert ZERO_WEIGHTS_MESSAGE in capsys.readouterr().err
+
+
+def test_theme_words_become_need_fields():
+    """'healthy' reaches composition and the food rules; kinds joined by 'and' become roles
+    the ideas must hold; the request's own words ('10 ideas for', 'endcap') are not theme."""
+    from assistant.merchandiser import understand_theme
+
+    healthy = understand_theme("healthy snack bundles for the checkout endcap, 2 to 4 items")
+    assert healthy.healthier and "low-sugar" in healthy.diets
+    assert "endcap" not in healthy.text and (healthy.min_items, healthy.max_items) == (2, 4)
+    assert understand_theme("wine and cheese bundles").include == ["wine", "cheese"]
+    assert understand_theme("10 ideas for soup season").text == "soup season"
+    assert not understand_theme("taco night bundles, margin at least 25%").include
+
+
+def test_a_margin_floor_above_the_plans_departments_is_lifted_or_explained(cj_assistant):
+    """Breakfast's usual kinds sit in 28-30% departments: a 35% floor is met by swapping in
+    higher-margin products of the theme (bakery, produce), and the bundles as built under
+    the floor are still plotted. (On the full index every public floor scenario is met.)"""
+    result = cj_assistant.ideas("breakfast bundles with margin at least 35%", k=3)
+    assert all(i.margin_rate >= 0.35 - 1e-9 for i in result.ideas)
+    assert any(not p.feasible and "min_margin" in p.rejected for p in result.frontier.points)
+    if not result.ideas:
+        assert any("35% margin floor" in e for e in result.explanations)
