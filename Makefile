@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test index bench browser-deps clean
+.PHONY: run test lint index bench browser-deps clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,9 +24,14 @@ browser-deps:
 run: $(STAMP)
 	GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 $(BIN)/python app.py
 
-test: $(STAMP) browser-deps
+test: $(STAMP) browser-deps lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False \
 	  $(BIN)/python -m pytest -q
+
+# Style, likely bugs and types: part of `make test`, so CI fails on them.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 index: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/bundle-assistant index

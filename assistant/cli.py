@@ -10,8 +10,8 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -23,11 +23,15 @@ class CLIError(Exception):
     pass
 
 
+def _money_or_na(price: float | None) -> str:
+    return f"${price:.2f}" if price else "   n/a"
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number")
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
@@ -37,7 +41,7 @@ def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number")
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
@@ -52,7 +56,7 @@ def _weights(text: str) -> dict[str, float]:
         try:
             out[key.strip()] = float(value)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"weight '{key}' is not a number: '{value}'")
+            raise argparse.ArgumentTypeError(f"weight '{key}' is not a number: '{value}'") from None
     return out
 
 
@@ -123,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-llm", action="store_true", help="rule-based proposals only (fast)")
     p.add_argument("--mode", choices=["rule", "llm", "llm+rule"], help="proposal pools (default llm+rule)")
     p.add_argument("--model", help="a local path or hub id of another causal LM (default: packaged SmolLM2)")
-    p.add_argument("--weights", type=_weights, help="objective weights, e.g. preference=0.4,margin=0.3,sales=0.2,complementarity=0.1")
+    p.add_argument("--weights", type=_weights,
+                   help="objective weights, e.g. preference=0.4,margin=0.3,sales=0.2,complementarity=0.1")
     p.add_argument("--parse", action="store_true", help="also read budget/servings/exclusions from --query")
     _common(p)
 
@@ -294,8 +299,7 @@ def cmd_search(args) -> int:
     constraints = Constraints(max_unit_price=args.max_price, departments=args.department, exclude=args.exclude)
     hits = BundleAssistant(_settings(args)).search(args.query, args.user, constraints, args.k)
     text = "\n".join(
-        f"{h['product_id']:>10}  {('$%.2f' % h['price']) if h['price'] else '   n/a':>8}  {h['reason']:<10} {h['title']}"
-        for h in hits
+        f"{h['product_id']:>10}  {_money_or_na(h['price']):>8}  {h['reason']:<10} {h['title']}" for h in hits
     ) or "no products match"
     _emit(args, hits, text)
     return 0

@@ -12,8 +12,8 @@ import atexit
 import re
 import threading
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import pandas as pd
@@ -231,7 +231,8 @@ def _partial_bundles(result) -> list[dict]:
     import re
 
     found = []
-    for match in re.finditer(r'\{"name":\s*"(?P<name>[^"]*)",\s*"item_ids":\s*\[(?P<ids>[^\]]*)\],\s*"reason":\s*"(?P<reason>[^"]*)"\s*\}',
+    for match in re.finditer(r'\{"name":\s*"(?P<name>[^"]*)",\s*"item_ids":\s*\[(?P<ids>[^\]]*)\],'
+                             r'\s*"reason":\s*"(?P<reason>[^"]*)"\s*\}',
                              result.raw):
         try:
             ids = json.loads("[" + match["ids"] + "]")

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     if not temporary and (data_dir / "current.json").exists():
         parser.error(f"{data_dir} already holds an index; give a fresh folder so the build is measured in full")
     load_before = os.getloadavg()
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = datetime.now(UTC).isoformat(timespec="seconds")
     try:
         built, users = build(data_dir, args.limit)
         rss_after_build = rss_gib()
@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nbuild {built['total_s']:.0f} s (target <= {TARGETS['build_total_s']:.0f})"
         f" | embed {built['embed_products_per_s']} products/s"
-        f" | search p50 {searched['p50_ms']:.1f} ms, p95 {searched['p95_ms']:.1f} ms (target <= {TARGETS['search_p95_ms']:.0f})"
+        f" | search p50 {searched['p50_ms']:.1f} ms, p95 {searched['p95_ms']:.1f} ms"
+        f" (target <= {TARGETS['search_p95_ms']:.0f})"
         f" | peak RSS {rss['total']:.2f} GiB (target <= {TARGETS['peak_rss_gib']:.0f})"
         f" | met: {', '.join(k for k, ok in result['met'].items() if ok) or 'none'}",
         file=sys.stderr,

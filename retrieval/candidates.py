@@ -180,7 +180,8 @@ class CandidateRetriever:
 
     @functools.cached_property
     def _by_popularity(self) -> list[tuple[str, float]]:
-        ranked = self.index.products.sort_values(["popularity", "product_id"], ascending=[False, True], kind="mergesort")
+        ranked = self.index.products.sort_values(["popularity", "product_id"], ascending=[False, True],
+                                                 kind="mergesort")
         return [(str(pid), float(pop)) for pid, pop in zip(ranked["product_id"], ranked["popularity"])]
 
     def popular(self, constraints: Constraints, k: int) -> list[tuple[str, float]]:

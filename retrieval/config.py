@@ -202,7 +202,7 @@ class PricingConfig(BaseModel):
     margin_floor: float = 0.15
 
     @model_validator(mode="after")
-    def _check(self) -> "PricingConfig":
+    def _check(self) -> PricingConfig:
         if not 0 <= self.min_discount <= self.max_discount < 1:
             raise ValueError("need 0 <= min_discount <= max_discount < 1")
         if not 0 <= self.margin_floor < 1:
@@ -250,7 +250,8 @@ class RankerConfig(BaseModel):
     min_types: int = 4  # a label basket needs this many distinct product types
     min_history_baskets: int = 5
     max_queries: int = 3000
-    bundle_folds: int = 10  # a fold's bundles and their sessions leave its history: small folds keep it close to the full data
+    # a fold's bundles and their sessions leave its history: small folds keep it close to the full data
+    bundle_folds: int = 10
     max_held_per_bundle: int = 3
     valid_share: float = 0.2
     min_queries: int = 40  # fewer training queries than this: the fallback blend ranks

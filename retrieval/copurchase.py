@@ -37,7 +37,7 @@ class CooccurrenceTable:
         self._diag = self.counts.diagonal().astype(np.float64)
 
     @classmethod
-    def from_baskets(cls, baskets: pd.DataFrame, key: str = "product_id") -> "CooccurrenceTable":
+    def from_baskets(cls, baskets: pd.DataFrame, key: str = "product_id") -> CooccurrenceTable:
         pairs = baskets[["basket_id", key]].drop_duplicates()
         pairs = pairs[pairs[key].astype(str) != ""]
         keys = np.sort(pairs[key].astype(str).unique())
@@ -130,7 +130,7 @@ class CoPurchase:
     )
 
     @classmethod
-    def build(cls, baskets: pd.DataFrame, products: pd.DataFrame) -> "CoPurchase":
+    def build(cls, baskets: pd.DataFrame, products: pd.DataFrame) -> CoPurchase:
         """``baskets``: columns basket_id, product_id (a product may repeat; it counts once)."""
         type_of = dict(zip(products["product_id"].astype(str), products["product_type"].astype(str)))
         items = CooccurrenceTable.from_baskets(baskets)
@@ -178,7 +178,7 @@ class CoPurchase:
             (folder / f"copurchase_{name}_n.txt").write_text(str(table.n_baskets))
 
     @classmethod
-    def load(cls, folder: Path, products: pd.DataFrame) -> "CoPurchase":
+    def load(cls, folder: Path, products: pd.DataFrame) -> CoPurchase:
         tables = {}
         for name in ("items", "types"):
             tables[name] = CooccurrenceTable(

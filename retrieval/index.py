@@ -23,14 +23,14 @@ import os
 import shutil
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from .buildtime import MAX_REJECTED_SHARE
 from .config import Settings
@@ -41,6 +41,9 @@ from .schema import Dataset, product_text
 from .store import ChromaStore, StoreUnavailable
 from .titles import display_titles
 from .validation import PartialBuild, build_problem
+
+if TYPE_CHECKING:  # the ranker pulls in lightgbm: imported on first use only
+    from .ranker import Ranker
 
 BUILD_FORMAT = 3  # 2: extra tables keep pseudonymised user ids; 3: a learned ranker and history.parquet
 PRODUCT_META_FIELDS = ("title", "category", "department", "product_type", "brand", "price", "in_stock", "popularity")
@@ -125,7 +128,7 @@ def build_index(
         return BuildReport(current["build_id"], True, ds.summary())
     _refuse_partial(ds, data_dir, current, max_rejected_share, allow_partial)
 
-    build_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + fingerprint[:8]
+    build_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + fingerprint[:8]
     folder = data_dir / "builds" / build_id
     folder.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
@@ -182,7 +185,7 @@ def build_index(
         "folder": str(folder.relative_to(data_dir)),
         "products_collection": products_collection,
         "profiles_collection": profiles_collection,
-        "created": datetime.now(timezone.utc).isoformat(),
+        "created": datetime.now(UTC).isoformat(),
     }
     _write_json_atomic(data_dir / "current.json", pointer)
     _drop_old_builds(data_dir, store, keep=build_id)
@@ -241,7 +244,9 @@ def _history_table(ds: Dataset, pseudonymise: Callable[[str], str]) -> pd.DataFr
 def _pseudonymous(users: pd.Series, pseudonymise: Callable[[str], str]) -> np.ndarray:
     """One keyed hash per distinct user, not per row (1.5 M rows on Complete Journey)."""
     codes, uniques = pd.factorize(users.astype(str))
-    return np.array([pseudonymise(u) for u in uniques], dtype=object)[codes] if len(codes) else np.array([], dtype=object)
+    if not len(codes):
+        return np.array([], dtype=object)
+    return np.array([pseudonymise(u) for u in uniques], dtype=object)[codes]
 
 
 def _with_pseudonymous_users(frame: pd.DataFrame, pseudonymise: Callable[[str], str]) -> pd.DataFrame:
@@ -301,7 +306,7 @@ class Index:
                 f"the Chroma store has no collection {self.products_collection}; "
                 "rebuild with `bundle-assistant index --force`"
             )
-        self._ranker = None
+        self._ranker: Ranker | None = None
         try:
             self.products = pd.read_parquet(self.folder / "catalogue.parquet")
             self.products["product_id"] = self.products["product_id"].astype(str)
@@ -320,7 +325,7 @@ class Index:
             ) from exc
 
     @property
-    def ranker(self):
+    def ranker(self) -> Ranker:
         """The build's item ranker (:class:`retrieval.ranker.Ranker`), loaded on first use;
         the documented fallback blend when the build has no model file."""
         if self._ranker is None:

@@ -10,7 +10,7 @@ mean of the embeddings of the items behind those weights.
 from __future__ import annotations
 
 import json
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -48,7 +48,7 @@ class UserProfile(BaseModel):
         return {"profile_json": self.model_dump_json(), "summary": self.summary}
 
     @classmethod
-    def from_metadata(cls, meta: dict, embedding: np.ndarray | None = None) -> "UserProfile":
+    def from_metadata(cls, meta: dict, embedding: np.ndarray | None = None) -> UserProfile:
         profile = cls.model_validate_json(meta["profile_json"])
         if embedding is not None:
             profile.preference = [float(x) for x in embedding]
@@ -214,7 +214,8 @@ def summarise(p: UserProfile) -> str:
         comp = d.get("household_comp", "")
         size = d.get("household_size", "")
         kids = d.get("kids_count", "")
-        words = [w for w in (comp, f"{size} people" if size else "", f"{kids} kids" if kids not in ("", "0") else "") if w]
+        kids_word = f"{kids} kids" if kids not in ("", "0") else ""
+        words = [w for w in (comp, f"{size} people" if size else "", kids_word) if w]
         if words:
             lines.append("Household: " + ", ".join(words) + ".")
     if p.top_departments:
@@ -224,7 +225,8 @@ def summarise(p: UserProfile) -> str:
     if p.top_brands:
         lines.append("Brands: " + _names(p.top_brands, 2) + ".")
     if p.price_percentile is not None:
-        lines.append(f"Prices: {price_word(p.price_percentile)} ({p.price_percentile:.0f}th percentile in their categories).")
+        lines.append(f"Prices: {price_word(p.price_percentile)} "
+                     f"({p.price_percentile:.0f}th percentile in their categories).")
     if p.price_sensitivity is not None:
         lines.append(f"Buys on discount {p.price_sensitivity:.0%} of the time.")
     if p.basket_size:

@@ -14,8 +14,8 @@ import shutil
 import socket
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 # Before anything imports huggingface_hub: the model is packaged, nothing may be fetched.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -69,7 +69,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 # --- configuration ------------------------------------------------------------------------
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Callable[..., "Settings"]:  # noqa: F821
+def settings(tmp_path: Path) -> Callable[..., Settings]:  # noqa: F821
     """A factory: ``settings(data_dir=None, **overrides)`` -> :class:`Settings`.
 
     The data dir defaults to a fresh folder under this test's ``tmp_path``; ``chroma_url``

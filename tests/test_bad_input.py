@@ -23,7 +23,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from conftest import executable, subprocess_env
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from assistant.constraints import sanitize_message
 from assistant.feedback import FeedbackEvent, FeedbackStore
@@ -31,8 +34,6 @@ from retrieval.config import Settings
 from retrieval.schema import EVENTS, SchemaError
 from retrieval.sources import load_source
 from retrieval.validation import MAX_PRICE, MAX_TEXT
-
-from conftest import executable, subprocess_env
 
 # BAD_INPUT_EXAMPLES=500 for a deeper search than CI's
 PROPERTY = hsettings(

@@ -16,10 +16,10 @@ import threading
 import time
 from pathlib import Path
 
+from conftest import subprocess_env
+
 from assistant.feedback import FeedbackStore
 from assistant.privacy import pseudonymise
-
-from conftest import subprocess_env
 
 WRITER = textwrap.dedent(
     """

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import build, executable, free_port, subprocess_env
 
 from assistant.llm import LLMError, Structured
 from assistant.service import BundleAssistant
@@ -28,8 +29,6 @@ from retrieval.config import LLMConfig, Settings
 from retrieval.index import Index, read_current
 from retrieval.sources import load_source
 from retrieval.store import StoreUnavailable
-
-from conftest import build, executable, free_port, subprocess_env
 
 PRODUCTS = """product_id,title,price,department,category
 S01,Corn Tortillas 30 ct,2.49,GROCERY,GROCERY > TORTILLAS > CORN

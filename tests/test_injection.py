@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import build
 
 from assistant.constraints import parse_message
 from assistant.llm import Structured
@@ -25,8 +26,6 @@ from prompts import render
 from retrieval.config import LLMConfig, Settings
 from retrieval.schema import Constraints
 from retrieval.sources import load_source
-
-from conftest import build
 
 # id, title, price, department, brand. The X.. rows are the attack; the rest is a shop.
 CATALOGUE = [

