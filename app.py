@@ -19,12 +19,12 @@ from __future__ import annotations
 import os
 import sys
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# pyarrow's default allocator (jemalloc) kept growing under the web server's thread churn
-# (+85 MiB a minute at 20 sessions in bench/bench_load.py); the system one stays flat.
-os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+from retrieval.config import apply_process_defaults
+
+# Before gradio, torch and pyarrow load and read them: offline hub, no gradio analytics,
+# passive OpenMP threads, and (server=True) the system allocator for pyarrow, whose default
+# one kept growing under the web server's thread churn (retrieval.config.SERVER_DEFAULTS).
+apply_process_defaults(server=True)
 # Gradio reads GRADIO_SERVER_PORT with int() when it is imported; a bad value would end
 # `python app.py` in a traceback before main() could say what is wrong.
 for _name in ("GRADIO_SERVER_PORT", "BUNDLE_PORT"):

@@ -1,4 +1,5 @@
-"""``bundle-assistant``: build the index, look at profiles, search, recommend, evaluate.
+"""``bundle-assistant``: build the index, look at profiles, search, recommend (and, from
+the eval package's plugin, evaluate).
 
 Every command prints readable text, or JSON with ``--json``. A bad argument or a bad
 request prints one line to stderr and exits 2; nothing ends in a traceback.
@@ -8,15 +9,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from retrieval.config import apply_process_defaults
+
+apply_process_defaults()  # offline hub, passive OpenMP threads: before any command loads torch
 
 EXIT_BAD_INPUT = 2
+# Other packages add subcommands through this entry-point group (eval adds `eval` and
+# `train-llm`): each entry point is a ``register(subparsers)`` that adds its parsers and
+# sets ``handler`` on them. The assistant layer so never imports eval.
+COMMAND_GROUP = "bundle_assistant.commands"
 
 
 class CLIError(Exception):
@@ -71,6 +77,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, help="index folder (default: $BUNDLE_DATA_DIR or the user cache)")
     p.add_argument("--chroma-url", help="use a Chroma server, e.g. http://127.0.0.1:8000 (default: $CHROMA_URL)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:
+    """The subcommands registered under :data:`COMMAND_GROUP`, in name order. A plugin whose
+    package is not installed (its import fails) adds nothing: the other commands still work."""
+    for ep in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        try:
+            register = ep.load()
+        except ImportError:
+            continue
+        register(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,48 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, help="also write the ideas table to this CSV file (spreadsheet-safe)")
     _common(p)
 
-    p = sub.add_parser("eval", help="offline evaluation protocols")
-    p.add_argument("--protocol", required=True,
-                   choices=["cj-completion", "bundlerec-completion", "bundlerec-generation", "shopper-scenarios"])
-    p.add_argument("--data-dir", type=Path, help="BundleRec-layout folder for the bundlerec protocols; "
-                                                 "the index folder for shopper-scenarios")
-    p.add_argument("--scenarios", type=Path, help="shopper-scenarios: the scenario file (eval/scenarios/README.md)")
-    p.add_argument("--cases", type=_positive_int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--variants", default="rule,llm,llm+rule", help="system variants, or 'none' for baselines only")
-    p.add_argument("--out", type=Path, default=Path("eval/results"))
-    p.add_argument("--llm-cases", type=_positive_int, default=None,
-                   help="run the llm and llm+rule variants on the first N cases only (default: per protocol)")
-    p.add_argument("--limit", type=_positive_int, help="keep only the N lowest user ids of the source (a quick slice)")
-    p.add_argument("--work-dir", type=Path,
-                   help="where the eval builds its own index from the training part (default: the user cache)")
-    p.add_argument("--split", choices=["test", "dev"], default="test",
-                   help="test: the reported numbers; dev: a split carved from the training data, for choosing "
-                        "weights and thresholds (writes <protocol>-dev.json)")
-    p.add_argument("--tune-baselines", action="store_true",
-                   help="with --split dev: choose the tunable baselines' parameters on the dev cases and record "
-                        "them in OUT/dev-choices.json, which later runs read")
-    p.add_argument("--json", action="store_true")
-
-    p = sub.add_parser("train-llm", help="LoRA-tune the packaged SmolLM2 on tasks mined from training data",
-                       description="Mine grouping, naming and need-extraction examples from the BundleRec training "
-                                   "split of seed 0 (never a test session) and the need lexicon, train a LoRA "
-                                   "adapter, and write it with its card (data fingerprint, seed, commit, steps, "
-                                   "loss curve).")
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="BundleRec-layout folder (default: the shared Electronic data)")
-    p.add_argument("--out", type=Path, default=Path("adapters/smollm2-bundles"), help="adapter folder to write")
-    p.add_argument("--steps", type=_positive_int, default=None,
-                   help="optimizer steps (default: 60 on the CPU subset; one epoch on the full set)")
-    p.add_argument("--subset", type=_positive_int, default=None,
-                   help="train on N examples (default: 240 on CPU, the documented subset; all on a GPU)")
-    p.add_argument("--full", action="store_true", help="train on the full mined set even on CPU")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=_positive_float, default=None)
-    p.add_argument("--no-dev-holdout", action="store_true",
-                   help="also train on the dev sessions of the training split (then no clean place is left to "
-                        "measure the tuned model)")
-    p.add_argument("--json", action="store_true")
+    # eval and train-llm come from eval/cli.py; here, so that --help lists them where it always did
+    _add_plugin_commands(sub)
 
     p = sub.add_parser("feedback", help="the feedback event store")
     fsub = p.add_subparsers(dest="feedback_command", metavar="ACTION")
@@ -404,69 +381,6 @@ def format_ideas(result) -> str:
     return "\n".join(lines)
 
 
-def cmd_eval(args) -> int:
-    if args.protocol == "shopper-scenarios":
-        return _eval_scenarios(args)
-    from eval.run import run_protocol
-
-    # "none": baselines only (e.g. with --tune-baselines)
-    variants = [v.strip() for v in args.variants.split(",") if v.strip() and v.strip() != "none"]
-    unknown = [v for v in variants if v not in ("rule", "llm", "llm+rule")]
-    if unknown or (not variants and args.variants.strip() != "none"):
-        raise CLIError(f"--variants must be some of rule,llm,llm+rule (or none), got '{args.variants}'")
-    if args.data_dir is not None and not args.data_dir.is_dir():
-        raise CLIError(f"--data-dir {args.data_dir} is not a folder")
-    if args.tune_baselines and args.split != "dev":
-        raise CLIError("--tune-baselines chooses parameters on the dev split only: add --split dev")
-    result = run_protocol(args.protocol, data_dir=args.data_dir, cases=args.cases, seed=args.seed,
-                          variants=variants, out=args.out, work_dir=args.work_dir, limit=args.limit,
-                          llm_cases=args.llm_cases if args.llm_cases else -1, progress=not args.json,
-                          split=args.split, tune_baselines=args.tune_baselines)
-    name = args.protocol + ("-dev" if args.split == "dev" else "")
-    _emit(args, result, f"wrote {args.out}/{name}.json and .md")
-    return 0
-
-
-def _eval_scenarios(args) -> int:
-    """Scripted conversations through the chat's own path (:mod:`eval.scenarios`)."""
-    from eval.scenarios import ScenarioError, run_scenarios, summary_text
-
-    if args.scenarios is None:
-        raise CLIError("--protocol shopper-scenarios needs --scenarios FILE (e.g. eval/scenarios/public.json)")
-    # The chat has two paths, rules and rules + LLM; the parser's default lists the others' three.
-    variants = ("rule,llm+rule" if args.variants == "rule,llm,llm+rule" else args.variants).split(",")
-    try:
-        report = run_scenarios(args.scenarios, variants=[v.strip() for v in variants if v.strip()],
-                               out=args.out, settings=_settings(args), progress=not args.json)
-    except ScenarioError as exc:
-        raise CLIError(str(exc)) from None
-    _emit(args, report, f"{summary_text(report)}\nwrote {args.out}/shopper-scenarios.json and .md")
-    return 0
-
-
-def cmd_train_llm(args) -> int:
-    import torch
-
-    from retrieval.sources import DEFAULT_BUNDLEREC
-
-    from .llm import tuning
-
-    data = args.data_dir or DEFAULT_BUNDLEREC
-    if not data.is_dir():
-        raise CLIError(f"--data-dir {data} is not a folder (a BundleRec-layout folder, e.g. .../electronic)")
-    gpu = torch.cuda.is_available()
-    n = None if (args.full or (gpu and args.subset is None)) else (args.subset or tuning.CPU_SUBSET)
-    from eval.tuning_data import training_split  # the eval protocol's own training split
-
-    train, info, held_out = training_split(data, seed=0, holdout_dev=not args.no_dev_holdout)
-    card = tuning.run_training(train, info, held_out, args.out, steps=args.steps, n_subset=n, seed=args.seed,
-                               lr=args.lr or tuning.LR, progress=not args.json)
-    t = card["training"]
-    _emit(args, card, f"wrote {args.out} ({t['examples']} examples, {t['steps']} steps, {t['seconds']:.0f} s on "
-                      f"{t['device']}; loss {t['losses'][0]:.3f} -> {t['losses'][-1]:.3f}); card: {args.out}/CARD.md")
-    return 0
-
-
 def cmd_feedback(args) -> int:
     from .feedback import FeedbackStore
 
@@ -495,8 +409,7 @@ def cmd_forget(args) -> int:
 
 
 COMMANDS = {"index": cmd_index, "profile": cmd_profile, "search": cmd_search, "recommend": cmd_recommend,
-            "ideas": cmd_ideas,
-            "eval": cmd_eval, "train-llm": cmd_train_llm, "feedback": cmd_feedback, "forget": cmd_forget}
+            "ideas": cmd_ideas, "feedback": cmd_feedback, "forget": cmd_forget}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -513,7 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .service import ServiceError
 
     try:
-        return COMMANDS[args.command](args)
+        handler = getattr(args, "handler", None) or COMMANDS[args.command]  # a plugin's, else our own
+        return handler(args)
     except (CLIError, ServiceError, SchemaError, IndexMissing, StoreUnavailable, EmbeddingModelMissing,
             FileNotFoundError, PartialBuild) as exc:
         print(f"bundle-assistant {args.command}: error: {exc}", file=sys.stderr)

@@ -50,6 +50,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from retrieval.titles import cut_at_words
+
 from .nlu.need import Need
 
 log = logging.getLogger(__name__)
@@ -486,6 +488,19 @@ def _without_words(text: str, words: Iterable[str]) -> str:
     return text
 
 
+def _qualified_by_occasion(spec: RoleSpec, text: str, occasion: Occasion) -> bool:
+    """Whether ``text`` names ``spec`` only by a word of the occasion's own name that
+    qualifies the option rather than being its kind ("lunch" of "lunch kit" in a school
+    lunch, "cleaning" of "cleaning wipes"); "soup" of "canned soup" is its kind."""
+    if _word_re(spec.key).search(text):
+        return False
+    words = [w for w in re.split(r"[\s/-]+", spec.key.lower()) if len(w) > 2 and w not in _MODIFIERS]
+    hits = [w for w in words if _word_re(w).search(text)]
+    own = set(occasion.key.lower().split())
+    head = spec.key.lower().split()[-1]
+    return bool(hits) and all(w in own and w != head for w in hits)
+
+
 def _per_category(spec: RoleSpec) -> list[RoleSpec]:
     """One option per catalogue category of ``spec`` (fresh and frozen patties, boneless
     and bone-in breasts): the named kind alone still gives alternatives."""
@@ -519,6 +534,8 @@ def _occasion_plan(occasion: Occasion, need: Need, banned: set[str], lexicon: Le
         named = [o for o in options if o.key not in claimed and _names_option(o, text, slot.headline)]
         if len(named) > 1 and not any(_names_option(o, specific, slot.headline) for o in named):
             named = []  # a word of the occasion itself ("baby" essentials) names no kind in particular
+        if len(named) == 1 and len(options) > 1 and _qualified_by_occasion(named[0], text, occasion):
+            named = []  # "back-to-school lunch" names no lunch kit: turkey and PB&J lunches too
         if named:
             claimed.update(o.key for o in named)
             options = _per_category(named[0]) if slot.headline and len(named) == 1 and not relaxed else named
@@ -977,15 +994,7 @@ class Composer:
 def cut_words(text: str, limit: int = NAME_MAX) -> str:
     """``text`` within ``limit`` characters, cut only between words."""
     text = " ".join(text.split())
-    if len(text) <= limit:
-        return text
-    words, out = text.split(" "), ""
-    for w in words:
-        candidate = f"{out} {w}".strip()
-        if len(candidate) > limit:
-            break
-        out = candidate
-    return out.rstrip(",;:-&") or words[0][:limit]
+    return text if len(text) <= limit else cut_at_words(text, limit)
 
 
 def bundle_name(plan: RolePlan, headline: str, need: Need) -> str:

@@ -430,18 +430,19 @@ def expand_exclusions(words: Iterable[str], diets: Iterable[str] = ()) -> list[s
 
 
 class _Text:
-    """The message being consumed: each recognised phrase is cut out (replaced by a comma,
-    so the words either side never merge) and what is left becomes the query."""
+    """The message being consumed: each recognised phrase is cut out (replaced by " , ",
+    so the words either side never merge) and what is left becomes the query. Also the
+    need parser's (:mod:`assistant.nlu.parser`); both hand it lower-cased text."""
 
     def __init__(self, text: str):
-        self.s = text.lower()
+        self.s = text
 
     def take(self, pattern: re.Pattern[str]) -> list[re.Match[str]]:
         found = list(pattern.finditer(self.s))
         self.cut(found)
         return found
 
-    def cut(self, matches: list[re.Match[str]]) -> None:
+    def cut(self, matches: Iterable[re.Match[str]]) -> None:
         for m in sorted(matches, key=lambda m: m.start(), reverse=True):
             self.s = self.s[: m.start()] + " , " + self.s[m.end():]
 
@@ -530,7 +531,7 @@ def _analyse(text: str) -> tuple[ParsedMessage, list[Refinement]]:
     bucks" is a budget, not an exclusion), then head counts, then the conversational
     moves, then exclusions; what survives is the query."""
     clean = sanitize_message(text)
-    t = _Text(clean)
+    t = _Text(clean.lower())
     refinements: list[Refinement] = []
 
     if t.take(_RESET_RE):

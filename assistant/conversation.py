@@ -12,9 +12,10 @@ A :class:`Conversation` turns a chat message into a streamed reply:
 3. rule-based bundles are computed on a worker thread while a short intro streams; the
    cards follow, built only from :class:`Recommendation` data. When nothing fits, the
    reply asks instead ("Nothing fits under $1. Raise the budget to $12?");
-4. with the LLM on, its proposals are merged in and the reranked cards replace the
-   first ones when they differ. The model's text passes :func:`~assistant.grounding.ground_reply`
-   and every card's model note :func:`~assistant.grounding.grounded_reason`.
+4. with the LLM on, its proposals are merged in (over the rule pass's retrieval: a turn
+   retrieves once) and the reranked cards replace the first ones when they differ. The
+   model's text passes :func:`~assistant.grounding.ground_reply` and every card's model
+   note :func:`~assistant.grounding.grounded_reason`.
 
 Each step yields a complete :class:`Reply` (not a delta), so a UI just redraws it.
 Feedback is the session's own: "Not for me" takes that bundle (its exact item set) off
@@ -60,7 +61,7 @@ from .nlu import session as sm
 from .nlu.need import Need
 from .nlu.parser import chips as need_chips
 from .privacy import guest_pseudonym
-from .service import BundleAssistant, Recommendation, ServiceError, ShownBundle
+from .service import BundleAssistant, Mode, Recommendation, Retrieved, ServiceError, ShownBundle
 
 log = logging.getLogger(__name__)
 
@@ -279,13 +280,7 @@ def merge_extraction(parsed: ParsedMessage, extracted: ExtractedConstraints) -> 
     "allergic", "no", ...). A 135M model is a hint, never the authority on a hard
     constraint."""
     text = parsed.text.lower()
-    numbers = {float(n.replace(",", "")) for n in re.findall(r"\d[\d,]*(?:\.\d+)?", text)}
-    update: dict[str, Any] = {}
-    if parsed.budget is None and extracted.budget and extracted.budget in numbers:
-        update["budget"] = float(extracted.budget)
-    if (parsed.servings is None and extracted.servings and float(extracted.servings) in numbers
-            and extracted.servings != extracted.budget):
-        update["servings"] = int(extracted.servings)
+    update = _backed_numbers(text, parsed.budget, parsed.servings, extracted)
     extra = []
     for word in extracted.exclude:
         word = fence(word, 30).lower().strip()
@@ -296,6 +291,20 @@ def merge_extraction(parsed: ParsedMessage, extracted: ExtractedConstraints) -> 
         update["exclusions"] = exclusions
         update["exclude_terms"] = expand_exclusions(exclusions, parsed.diets)
     return parsed.model_copy(update=update) if update else parsed
+
+
+def _backed_numbers(text: str, budget: float | None, servings: int | None,
+                    extracted: ExtractedConstraints) -> dict[str, Any]:
+    """The LLM's budget and head count, each only where the parser found none and only
+    when ``text`` holds that very number (a number the model made up is no constraint)."""
+    numbers = {float(n.replace(",", "")) for n in re.findall(r"\d[\d,]*(?:\.\d+)?", text)}
+    update: dict[str, Any] = {}
+    if budget is None and extracted.budget and extracted.budget in numbers:
+        update["budget"] = float(extracted.budget)
+    if (servings is None and extracted.servings and float(extracted.servings) in numbers
+            and extracted.servings != extracted.budget):
+        update["servings"] = int(extracted.servings)
+    return update
 
 
 _NEGATIVE_CUE = re.compile(
@@ -336,6 +345,14 @@ def fallback_intro(understood: list[str]) -> str:
     if not understood:
         return FALLBACK_INTRO
     return f"Here are a few bundles for {', '.join(understood)}."
+
+
+_YES = re.compile(r"(?i)(yes|yeah|yep|ok(ay)?|sure|please|yes please|do it|go ahead|s[ií])[.!]*")
+
+
+def searching_text(understood: list[str]) -> str:
+    """The line shown while the bundles are being put together."""
+    return f"Looking for {', '.join(understood)}…" if understood else "Looking for bundles…"
 
 
 def _clean_intro(text: str) -> str:
@@ -709,6 +726,8 @@ class Conversation:
 
     def _understand(self, text: str) -> _Search | _Answer:
         action = self._pending.get(text.casefold())
+        if action is None and self._pending and _YES.fullmatch(text.strip()):
+            action = next(iter(self._pending.values()))  # "yes" to a question: its first answer
         if action is not None:  # a suggestion chip of the last question
             self._pending = {}
             state = sm.apply_action(self.session, action)
@@ -813,16 +832,17 @@ class Conversation:
         profile = self.profile(fb)
         base: dict[str, Any] = {"chips": search.chips, "understood": [c.label for c in search.chips],
                 "profile_summary": self.profile_summary, "need": search.need}
-        yield Reply(phase="thinking", **base)
+        # what was understood, at once: the LLM's intro takes ~1 s to start on 2 CPU cores
+        yield Reply(phase="thinking", text=searching_text(base["understood"]), **base)
 
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rule-bundles")
         try:
-            first: Future[Recommendation] = pool.submit(self._recommend, search, "rule", fb, profile)
+            first: Future[tuple[Retrieved, Recommendation]] = pool.submit(self._recommend, search, fb, profile)
             intro, source = "", ""
             for intro, source in self._intro(search.intro_request, base["understood"], search):
                 yield Reply(phase="intro", text=intro, intro_source=source, **base)  # type: ignore[arg-type]
             try:
-                rec = first.result()
+                retrieved, rec = first.result()
             except ServiceError as exc:  # a bad request: its message is for the shopper
                 yield Reply(phase="final", text=str(exc), notes=self._once(search.notes), done=True, **base)
                 return
@@ -838,7 +858,7 @@ class Conversation:
             if softer is None:
                 yield self._nothing_fits(search, rec, fb, profile, base)
                 return
-            search, rec = softer
+            search, retrieved, rec = softer
         if not self.use_llm:
             yield self._finish(self._show(rec, intro, source, search, "final", recorded, fb))
             return
@@ -850,7 +870,7 @@ class Conversation:
             yield self._finish(reply, notes=[*reply.notes, *self._once([LLM_BUSY_NOTE])])
             return
         try:
-            merged = self._recommend(search, "llm+rule", fb, profile)
+            merged = self._rank(retrieved, "llm+rule")  # the rule pass's retrieval, not a second one
         except Exception:
             log.exception("LLM recommendation failed")
             note = "The assistant's language model was unavailable; showing rule-based bundles."
@@ -943,7 +963,7 @@ class Conversation:
         return [b if b.rank == i else b.model_copy(update={"rank": i}) for i, b in enumerate(kept, start=1)]
 
     def _softer_cheaper(self, search: _Search, fb: SessionFeedback,
-                        profile: UserProfile) -> tuple[_Search, Recommendation] | None:
+                        profile: UserProfile) -> tuple[_Search, Retrieved, Recommendation] | None:
         """"Cheaper" found nothing 20% under the top bundle: anything cheaper than it that
         keeps every role is still cheaper, so the cap moves up towards that price (the
         cheaper step's chip says the cap used). None when even that finds nothing."""
@@ -959,11 +979,11 @@ class Conversation:
             trial = sm.refine(sm.remove_chip(state, last.chip.id), [sm.Move(kind="budget", budget=cap)]).state
             candidate = self._search_for(trial, search.message, search.intro_request,
                                          [*search.notes, CHEAPEST_NOTE])
-            rec = self._recommend(candidate, "rule", fb, profile)
+            retrieved, rec = self._recommend(candidate, fb, profile)
             if self._visible(rec, fb):
                 with self._lock:
                     self.session = trial
-                return candidate, rec
+                return candidate, retrieved, rec
         return None
 
     def _nothing_fits(self, search: _Search, rec: Recommendation, fb: SessionFeedback, profile: UserProfile,
@@ -974,8 +994,8 @@ class Conversation:
         if need.budget is not None:
             try:  # what the cheapest bundle costs without the cap: the budget to offer
                 free = dataclasses.replace(search, need=need.model_copy(update={"budget": None}))
-                prices = [b.bundle_price for b in self._visible(self._recommend(free, "rule", fb, profile), fb)
-                          if b.bundle_price is not None]
+                _, cheapest = self._recommend(free, fb, profile)
+                prices = [b.bundle_price for b in self._visible(cheapest, fb) if b.bundle_price is not None]
                 min_price = min(prices) if prices else None
             except ServiceError:
                 min_price = None
@@ -987,14 +1007,24 @@ class Conversation:
         return Reply(phase="final", text=ask.message, question=ask.message, suggestions=[a.label for a in ask.actions],
                      notes=notes, recommendation=rec, intro_source="template", done=True, **base)
 
-    def _recommend(self, search: _Search, mode: str, fb: SessionFeedback, profile: UserProfile) -> Recommendation:
+    def _request(self, search: _Search, fb: SessionFeedback) -> dict[str, Any]:
+        """The service's arguments for this turn's search (with this turn's feedback)."""
+        return {"query": search.query, "anchors": search.anchors, "constraints": search.constraints,
+                "k": self.cards + min(len(fb.dismissed), MAX_DISMISSED_EXTRA),
+                "boosted": fb.boosted(), "demoted": set(fb.demoted), "need": search.need}
+
+    def _recommend(self, search: _Search, fb: SessionFeedback,
+                   profile: UserProfile) -> tuple[Retrieved, Recommendation]:
+        """The rule pass: retrieval (kept for the LLM pass of the same turn), then rules."""
         start = time.perf_counter()
-        rec = self.assistant.recommend(
-            query=search.query, anchors=search.anchors, constraints=search.constraints,
-            k=self.cards + min(len(fb.dismissed), MAX_DISMISSED_EXTRA), mode=mode,  # type: ignore[arg-type]
-            profile=profile, boosted=fb.boosted(), demoted=set(fb.demoted), need=search.need,
-        )
-        log.debug("recommend %s in %.2fs", mode, time.perf_counter() - start)
+        retrieved = self.assistant.retrieve(profile=profile, **self._request(search, fb))
+        log.debug("retrieve in %.2fs", time.perf_counter() - start)
+        return retrieved, self._rank(retrieved, "rule")
+
+    def _rank(self, retrieved: Retrieved, mode: Mode) -> Recommendation:
+        start = time.perf_counter()
+        rec = self.assistant.propose_and_rank(retrieved, mode)
+        log.debug("propose and rank %s in %.2fs", mode, time.perf_counter() - start)
         return rec
 
 
@@ -1018,11 +1048,5 @@ def _chips_of(state: sm.SessionState) -> list[ReplyChip]:
 def _fill_from_llm(need: Need, text: str, extracted: ExtractedConstraints) -> Need:
     """The LLM's budget or head count, only where the parser found none and only when the
     message holds that very number (see :func:`merge_extraction`)."""
-    numbers = {float(n.replace(",", "")) for n in re.findall(r"\d[\d,]*(?:\.\d+)?", text)}
-    update: dict[str, Any] = {}
-    if need.budget is None and extracted.budget and extracted.budget in numbers:
-        update["budget"] = float(extracted.budget)
-    if (need.servings is None and extracted.servings and float(extracted.servings) in numbers
-            and extracted.servings != extracted.budget):
-        update["servings"] = int(extracted.servings)
+    update = _backed_numbers(text, need.budget, need.servings, extracted)
     return need.model_copy(update=update) if update else need

@@ -37,10 +37,11 @@ from pydantic import BaseModel
 
 from retrieval.candidates import Candidate
 
+from .errors import ServiceError, UnknownProduct
 from .proposer import ProposalReport, numbered, propose_with_llm
 
 if TYPE_CHECKING:
-    from .service import BundleAssistant
+    from .parts import AssistantParts
 
 GroupMode = Literal["rule", "llm", "llm+rule"]
 GROUP_MODES: tuple[str, ...] = ("rule", "llm", "llm+rule")
@@ -180,7 +181,7 @@ def rule_groups(
 
 
 def llm_groups(
-    assistant: BundleAssistant, ids: Sequence[str], affinity: Affinity, *,
+    assistant: AssistantParts, ids: Sequence[str], affinity: Affinity, *,
     n_bundles: int, max_size: int, min_size: int = 2,
 ) -> tuple[list[ItemGroup], ProposalReport]:
     cfg = assistant.settings.llm
@@ -228,7 +229,7 @@ def select_disjoint(pool: Sequence[ItemGroup], n_bundles: int) -> list[ItemGroup
 
 
 def bundle_items(
-    assistant: BundleAssistant,
+    assistant: AssistantParts,
     item_ids: Sequence[str],
     use_llm: bool = True,
     *,
@@ -243,8 +244,6 @@ def bundle_items(
     defaults to half the number of items (at least 1, at most 5); ``max_size`` to the
     LLM config's ``max_bundle_size``.
     """
-    from .service import ServiceError, UnknownProduct
-
     mode = mode or ("llm+rule" if use_llm else "rule")
     if mode not in GROUP_MODES:
         raise ServiceError(f"mode must be one of {', '.join(GROUP_MODES)}")

@@ -7,7 +7,9 @@ Pipeline (:func:`generate_ideas`, called through :meth:`BundleAssistant.ideas`):
    exists (:mod:`assistant.nlu.parser`), else :func:`parse_theme`, a small deterministic
    floor for the merchandiser terms ("margin at least 30%", "under $10", "2 to 4 items",
    "endcaps"). The need's hard parts become :class:`Constraints`; explicit arguments
-   (the console's edited chips, ``--min-margin``) win over the parsed ones.
+   (the console's edited chips, ``--min-margin``) win over the parsed ones. A placement
+   ("for stores' endcaps", "checkout") applies its :class:`PlacementRule`: a size cap,
+   shelf-stable products where the theme allows, the sales weight raised (chip and reasons).
 2. **Roles.** Product types whose centroid (mean of their products' embeddings) is
    nearest to the theme, plus the type-level co-purchase complements of the best of them.
    The role pool always keeps, per department, that department's best-matching types:
@@ -71,8 +73,8 @@ from .reranker import (
     score_candidate,
 )
 
-if TYPE_CHECKING:  # the service imports this module lazily; no import cycle at run time
-    from .service import BundleAssistant
+if TYPE_CHECKING:  # the service's parts, as a Protocol: this module never imports the service
+    from .parts import AssistantParts
 
 ZERO_WEIGHTS_MESSAGE = "Set at least one objective weight above 0"
 MAX_TYPE_JACCARD = 0.5
@@ -175,6 +177,7 @@ class Idea(BaseModel):
     explanation: str
     source: str
     projection: Projection | None = None
+    reasons: list[str] = Field(default_factory=list)  # why it suits what the theme asked (the fixture)
 
     @property
     def item_ids(self) -> list[str]:
@@ -253,7 +256,7 @@ TABLE_COLUMNS = [
     "rank", "name", "roles", "products", "unit_prices", "list_price", "bundle_price", "discount",
     "margin_after_discount", "score", *(f"{c}" for c in OBJECTIVE_COMPONENTS), "redundancy",
     "baskets_two_plus", "households_all", "item_revenue", "attach_rate_est", "expected_margin_per_bundle",
-    "product_ids",
+    "reasons", "product_ids",
 ]
 
 
@@ -276,6 +279,7 @@ def _table_row(idea: Idea) -> dict[str, Any]:
         "item_revenue": p.item_revenue if p else None,
         "attach_rate_est": p.attach_rate if p else None,
         "expected_margin_per_bundle": p.expected_margin_per_bundle if p else None,
+        "reasons": " ".join(idea.reasons),
         "product_ids": " ".join(idea.item_ids),
     }
 
@@ -463,7 +467,8 @@ def chips_for(need: Need) -> list[Chip]:
         label = f"{lo} items" if lo == hi else f"{lo or 2}–{hi or '…'} items"
         chips.append(Chip(field="items", label=label, value=[lo, hi]))
     if need.placement:
-        chips.append(Chip(field="placement", label=need.placement, value=need.placement))
+        rule = PLACEMENT_RULES.get(need.placement)
+        chips.append(Chip(field="placement", label=rule.chip if rule else need.placement, value=need.placement))
     if need.servings:
         chips.append(Chip(field="servings", label=f"serves {need.servings}", value=need.servings))
     chips.extend(Chip(field="diets", label=d, value=d) for d in need.diets)
@@ -499,6 +504,111 @@ def pricing_for(pricing: PricingConfig, constraints: Constraints) -> PricingConf
     if constraints.min_margin is None or constraints.min_margin <= pricing.margin_floor:
         return pricing
     return pricing.model_copy(update={"margin_floor": constraints.min_margin})
+
+
+# --------------------------------------------------------------------------- placements
+
+
+@dataclass(frozen=True)
+class PlacementRule:
+    """What a store fixture asks of a bundle, as a category manager plans one.
+
+    An endcap holds a few SKUs in depth (case packs), stays up for days without a chiller
+    and earns its space by velocity: at most three items, shelf-stable where the theme
+    allows, best-sellers of their kinds (sales weighted up). A checkout lane sells impulse
+    buys of a few dollars. Design values from how fixtures are planned, not fitted: no
+    labelled placement data exists to fit them on.
+    """
+
+    max_items: int  # the bundle size when the theme states no item range
+    shelf_stable: bool  # ambient products only, where every core role has one
+    sales_factor: float  # the sales weight is multiplied by this (then renormalised)
+    max_unit_price: float | None  # per-item price cap (impulse buys)
+    chip: str  # the chip's words
+
+
+PLACEMENT_RULES: dict[str, PlacementRule] = {
+    "endcap": PlacementRule(3, True, 2.0, None, "endcap: ≤ 3 shelf-stable best-sellers"),
+    "checkout": PlacementRule(3, True, 2.0, 5.0, "checkout: ≤ 3 shelf-stable impulse items under $5"),
+    "front of store": PlacementRule(4, False, 1.5, None, "front of store: ≤ 4 best-sellers"),
+    "display": PlacementRule(4, False, 1.5, None, "display: ≤ 4 best-sellers"),
+}
+# a fixture's products: of an option's best this many by fit to the theme, the best-selling first
+PLACEMENT_SALES_DEPTH = 10
+# kept in a chiller or freezer, or sold fresh: departments and commodities (CJ category paths)
+_FRESH_DEPARTMENTS = frozenset({"PRODUCE", "MEAT", "MEAT-PCKGD", "DELI", "SEAFOOD", "SEAFOOD-PCKGD", "SALAD BAR",
+                                "FLORAL", "PASTRY", "RESTAURANT", "CHEF SHOPPE", "FROZEN GROCERY"})
+_CHILLED_COMMODITY_RE = re.compile(r"^(?:FRZN|FROZEN)\b|REFRG|^(?:CHEESE|YOGURT|EGGS|BUTTER|MARGARINES|MISC\. DAIRY|"
+                                   r"MILK BY-PRODUCTS|FLUID MILK PRODUCTS|ICE CREAM/MILK/SHERBTS)$")
+
+
+def is_shelf_stable(department: str, category: str) -> bool:
+    """Whether a product keeps on an ambient shelf: not fresh, chilled or frozen."""
+    if str(department).strip().upper() in _FRESH_DEPARTMENTS:
+        return False
+    parts = [p.strip().upper() for p in str(category).split(">")]
+    return not (len(parts) > 1 and _CHILLED_COMMODITY_RE.search(parts[1]))
+
+
+_stable_lock = threading.Lock()
+_stable: dict[str, tuple[pd.Series, pd.Series]] = {}
+
+
+def placement_facts(index) -> tuple[pd.Series, pd.Series]:
+    """Per product id: shelf-stable (bool) and its sales percentile within its product
+    type (1 = its kind's best-seller), built once per index."""
+    key = str(getattr(index, "folder", id(index)))
+    with _stable_lock:
+        if key not in _stable:
+            cat = index.catalogue
+            stable = pd.Series([is_shelf_stable(d, c) for d, c in zip(cat["department"], cat["category"])],
+                               index=cat.index, dtype=bool)
+            pop = cat["popularity"].fillna(0.0).astype(float)
+            pct = pop.groupby(cat["product_type"].astype(str)).rank(pct=True, method="max")
+            _stable[key] = (stable, pct)
+        return _stable[key]
+
+
+def placement_objective(objective: ObjectiveConfig, rule: PlacementRule | None) -> ObjectiveConfig:
+    """The fixture's objective: the sales weight (velocity) multiplied, the others kept;
+    a sales weight set to 0 stays 0."""
+    if rule is None or rule.sales_factor == 1.0 or not objective.weights.get("sales"):
+        return objective
+    weights = {k: v * (rule.sales_factor if k == "sales" else 1.0) for k, v in objective.weights.items()}
+    return ObjectiveConfig(weights=weights, redundancy_penalty=objective.redundancy_penalty)
+
+
+def placement_constraints(cons: Constraints, rule: PlacementRule | None, need: Need,
+                          explicit: Constraints | None, min_size: int) -> Constraints:
+    """The fixture's size and price limits where neither the theme nor the console set them."""
+    if rule is None:
+        return cons
+    update: dict[str, Any] = {}
+    stated = need.max_items is not None or (explicit is not None and "max_bundle_size" in explicit.model_fields_set)
+    if not stated and cons.max_bundle_size is None:
+        update["max_bundle_size"] = max(rule.max_items, min_size)
+    if rule.max_unit_price is not None and cons.max_unit_price is None:
+        update["max_unit_price"] = rule.max_unit_price
+    return cons.model_copy(update=update) if update else cons
+
+
+def placement_reasons(need: Need, items: Sequence[IdeaItem], index) -> list[str]:
+    """Why an idea suits the fixture the theme names, in a category manager's words."""
+    rule = PLACEMENT_RULES.get(need.placement or "")
+    if rule is None or not items:
+        return []
+    stable, pct = placement_facts(index)
+    fresh = [i.display_title or i.title for i in items if not bool(stable.get(i.product_id, False))]
+    worst = min(float(pct.get(i.product_id, 0.0)) for i in items)
+    top = max(1, int(np.ceil((1.0 - worst) * 100)))
+    parts = [f"{len(items)} items"]
+    if rule.shelf_stable:
+        parts.append("all shelf-stable" if not fresh else
+                     f"shelf-stable but {', '.join(fresh)} (no shelf-stable kind fills that role)")
+    parts.append(f"each in the best-selling {top}% of its kind")
+    if rule.max_unit_price is not None:
+        parts.append(f"each under ${rule.max_unit_price:.0f}")
+    return [f"For the {need.placement}: " + ", ".join(parts) + f"; sales weighted ×{rule.sales_factor:g}."]
 
 
 # --------------------------------------------------------------------------- roles
@@ -585,8 +695,8 @@ def role_label(product_type: str) -> str:
     return label[:1].upper() + label[1:]
 
 
-def plan_roles(assistant: BundleAssistant, query_vec: np.ndarray, constraints: Constraints,
-               min_products: int = 1) -> list[Role]:
+def plan_roles(assistant: AssistantParts, query_vec: np.ndarray, constraints: Constraints,
+               min_products: int = 1, keep: Callable[[str], bool] | None = None) -> list[Role]:
     """The role pool for a theme (see the module docstring), best match first."""
     index = assistant.index
     tables = role_tables(index)
@@ -608,7 +718,7 @@ def plan_roles(assistant: BundleAssistant, query_vec: np.ndarray, constraints: C
         titles: set[str] = set()
         for r in ranked:
             pid = str(ids[r])
-            if not retriever.allowed(pid, constraints):
+            if not retriever.allowed(pid, constraints) or (keep is not None and not keep(pid)):
                 continue
             title = str(index.products["title"].iat[r]).strip().lower()
             if title in titles:  # another SKU of the same title adds nothing to choose from
@@ -890,18 +1000,22 @@ def type_jaccard(a: Iterable[str], b: Iterable[str]) -> float:
 
 
 def select_distinct(ranked: Sequence[ScoredBundle], types: Callable[[ScoredBundle], Sequence[set[str]]], k: int,
-                    *, lam: float = MMR_LAMBDA, cap: float = MAX_TYPE_JACCARD) -> tuple[list[ScoredBundle], int]:
+                    *, lam: float = MMR_LAMBDA, cap: float = MAX_TYPE_JACCARD,
+                    soft: Callable[[ScoredBundle], set[str]] | None = None) -> tuple[list[ScoredBundle], int]:
     """Maximal marginal relevance with a hard Jaccard cap. ``types`` gives each bundle's
     views (its product types, its role names): the overlap of two bundles is the largest
     Jaccard over the views, so two catalogue types with one name ('Lunchmeat' bulk and
-    packaged) count as one role. Returns the chosen bundles and how many feasible ones
-    the cap kept out."""
+    packaged) count as one role. ``soft`` is one more view that only the relevance trade
+    sees, never the cap (the plan's roles: white and wheat bread fill one role, so a bundle
+    differing from an idea only there comes after real alternatives, but still comes).
+    Returns the chosen bundles and how many feasible ones the cap kept out."""
     if not ranked or k <= 0:
         return [], 0
     scores = np.array([b.score for b in ranked])
     lo, hi = float(scores.min()), float(scores.max())
     scaled = [(s - lo) / (hi - lo) if hi > lo else 1.0 for s in scores]
     kinds = [types(b) for b in ranked]
+    extra = [soft(b) for b in ranked] if soft is not None else None
     chosen: list[int] = []
     open_ = list(range(len(ranked)))
     while open_ and len(chosen) < k:
@@ -912,6 +1026,8 @@ def select_distinct(ranked: Sequence[ScoredBundle], types: Callable[[ScoredBundl
             if overlap > cap + 1e-12:
                 continue  # never shown next to a lookalike; dropped for good
             still.append(i)
+            if extra is not None:
+                overlap = max([overlap, *(type_jaccard(extra[i], extra[j]) for j in chosen)])
             value = lam * scaled[i] - (1 - lam) * overlap
             key = (-round(value, 9), tuple(sorted(ranked[i].item_ids)))
             if best_key is None or key < best_key:
@@ -1050,11 +1166,11 @@ def _idea(rank: int, bundle: ScoredBundle, need: Need, index, history: History |
         items=items, list_price=p.list_price, bundle_price=p.bundle_price, discount=p.discount,
         savings=p.savings, price_known=p.price_known, margin_rate=round(p.margin_rate_after, 4),
         score=round(bundle.score, 6), score_breakdown=bundle.score_breakdown, explanation=bundle.explanation,
-        source=bundle.source, projection=projection,
+        source=bundle.source, projection=projection, reasons=placement_reasons(need, items, index),
     )
 
 
-def _llm_bundles(assistant: BundleAssistant, theme: str, products: Sequence[str], objective: ObjectiveConfig,
+def _llm_bundles(assistant: AssistantParts, theme: str, products: Sequence[str], objective: ObjectiveConfig,
                  constraints: Constraints, allowed: Callable[[str], bool], size: int, min_size: int):
     """More candidates from the LLM, chosen from the roles' best products."""
     from prompts import fence
@@ -1076,7 +1192,7 @@ def _llm_bundles(assistant: BundleAssistant, theme: str, products: Sequence[str]
 
 
 def generate_ideas(
-    assistant: BundleAssistant,
+    assistant: AssistantParts,
     theme: str,
     k: int = 10,
     *,
@@ -1093,12 +1209,15 @@ def generate_ideas(
     k = int(k)
     objective = objective_for(weights, assistant.settings.objective)
     need = understand_theme(theme or "")
+    rule = PLACEMENT_RULES.get(need.placement or "")
+    objective = placement_objective(objective, rule)
     cons = merge_constraints(need, constraints, min_margin)
     text = need.text or need.occasion or ""
     if not text.strip():
         raise IdeasError("Describe a theme, e.g. 'back-to-school lunch, margin at least 30%'")
     index = assistant.index
     min_size = max(assistant.settings.llm.min_bundle_size, need.min_items or 0)
+    cons = placement_constraints(cons, rule, need, constraints, min_size)
     size = cons.max_bundle_size or max(DEFAULT_SIZE, min_size)
     if size < min_size:
         raise IdeasError(f"The item range is empty: at least {min_size} but at most {size} items")
@@ -1108,9 +1227,9 @@ def generate_ideas(
     t = time.perf_counter()
     catalogue = index.catalogue
     pool = None if need.nonsense else _composed_pool(assistant, need, query_vec, cons, min_size, size,
-                                                     explicit_size=cons.max_bundle_size is not None)
+                                                     explicit_size=cons.max_bundle_size is not None, rule=rule)
     if pool is None:
-        pool = _typed_pool(assistant, need, query_vec, cons, min_size, size)
+        pool = _typed_pool(assistant, need, query_vec, cons, min_size, size, rule)
     proposals = list(pool.proposals)
     labels = pool.type_labels
     timings["roles"] = round(time.perf_counter() - t, 4)
@@ -1162,7 +1281,10 @@ def generate_ideas(
         return ({type_of.get(i, "") or f"id:{i}" for i in b.item_ids},
                 {role_label(type_of[i]) if type_of.get(i) else role_of(i) for i in b.item_ids})
 
-    chosen, blocked = select_distinct(result.ranked, kinds, k)
+    def plan_roles_of(b: ScoredBundle) -> set[str]:
+        return {role_of(i) for i in b.item_ids}
+
+    chosen, blocked = select_distinct(result.ranked, kinds, k, soft=plan_roles_of if pool.item_roles else None)
     history = history_for(index)
     ideas = [_idea(rank, b, need, index, history, labels, pool.item_roles) for rank, b in enumerate(chosen, start=1)]
     timings["select"] = round(time.perf_counter() - t, 4)
@@ -1174,6 +1296,9 @@ def generate_ideas(
         for code in _codes(reason):
             rejected_by[code] = rejected_by.get(code, 0) + 1
     explanations = explain_shortfall(k, len(ideas), rejected, cons, blocked, len(proposals), pool.roles)
+    if rule is not None and rule.shelf_stable and pool.fresh_fallback:
+        explanations.append(f"No shelf-stable kind fills every role of this theme, so its {need.placement} ideas "
+                            "hold fresh or chilled products too.")
     if history is None:
         explanations.append("No transaction history is loaded for this index, so projected performance is "
                             "left out.")
@@ -1206,13 +1331,21 @@ class Pool:
     type_labels: dict[str, str]  # product type -> role name (type-centroid roles)
     llm_products: list[str]  # the roles' best products, for the LLM's candidate list
     roles: int  # roles planned
+    fresh_fallback: bool = False  # a shelf-stable fixture whose roles needed fresh products
 
 
-def _typed_pool(assistant: BundleAssistant, need: Need, query_vec: np.ndarray, cons: Constraints,
-                min_size: int, size: int) -> Pool:
+def _typed_pool(assistant: AssistantParts, need: Need, query_vec: np.ndarray, cons: Constraints,
+                min_size: int, size: int, rule: PlacementRule | None = None) -> Pool:
     """Roles from type centroids (:func:`plan_roles`): the floor when composition has no plan."""
     index = assistant.index
-    roles = plan_roles(assistant, query_vec, cons)
+    roles: list[Role] = []
+    fresh = False
+    if rule is not None and rule.shelf_stable:
+        stable, _ = placement_facts(index)
+        roles = plan_roles(assistant, query_vec, cons, keep=lambda pid: bool(stable.get(pid, False)))
+    if not roles:
+        fresh = rule is not None and rule.shelf_stable
+        roles = plan_roles(assistant, query_vec, cons)
     concepts = grow_concepts(index, roles, size, min_size, cons.min_margin)
     catalogue = index.catalogue
 
@@ -1222,7 +1355,8 @@ def _typed_pool(assistant: BundleAssistant, need: Need, query_vec: np.ndarray, c
 
     filled = fill_concepts(concepts, roles, cons.budget, price_of)
     picks = [r.products[d] for d in range(2) for r in roles if len(r.products) > d]
-    return Pool("types", [c for c, _ in filled], {}, {r.product_type: r.label for r in roles}, picks, len(roles))
+    return Pool("types", [c for c, _ in filled], {}, {r.product_type: r.label for r in roles}, picks, len(roles),
+                fresh_fallback=fresh)
 
 
 MAX_COMBOS_TRIED = 80  # option combinations of one role subset tried, most typical first
@@ -1283,7 +1417,7 @@ def _role_subsets(keep: list[tuple[Any, list[Any]]], min_size: int) -> list[list
     return out
 
 
-def _lift_specs(assistant: BundleAssistant, query_vec: np.ndarray, food: bool | None, floor: float,
+def _lift_specs(assistant: AssistantParts, query_vec: np.ndarray, food: bool | None, floor: float,
                 taken: set[str]) -> list[Any]:
     """High-margin roles for a margin floor: categories near the theme (within
     ``LIFT_BAND`` of the best) whose products' margin clears the floor. Margins are set per
@@ -1306,7 +1440,8 @@ def _lift_specs(assistant: BundleAssistant, query_vec: np.ndarray, food: bool | 
             continue
         m = float(np.mean([float(margin.get(i, 0.0)) for i in ids]))
         if m >= floor + LIFT_MARGIN_GAP:
-            label = readable_type(cat)
+            # a type name cut at the catalogue's 30 characters ends on a stub ('deli tray fruit and')
+            label = re.sub(r"(?:\s+(?:and|or|with|of|&|w))+$", "", readable_type(cat))
             out.append(RoleSpec(key=f"lift:{cat}", match=[cat], headline=label[:1].upper() + label[1:]))
             if len(out) >= LIFT_ROLES:
                 break
@@ -1345,8 +1480,11 @@ def _lift_margin(items: list[Any], fill: _Fill, floor: float, min_size: int, cap
         for role, spec in lifts:  # a bundle lifted by the theme's own high-margin kinds beats a smaller one
             if len(kept) >= cap:
                 break
+            if _same_kind(spec.key, kept):
+                continue
             used = {x.product_id for x in kept}
-            extra = next((p for p in ranked.get(spec.key, []) if p not in used), None)
+            extra = next((p for p in ranked.get(spec.key, []) if p not in used and _fits_price(p, items, composer)),
+                         None)
             if extra is not None:
                 kept.append(composer._item(extra, spec, role.name, fill.comp.portions))
                 if len(kept) >= smallest and _bundle_margin(kept, margin) >= floor:
@@ -1358,12 +1496,45 @@ def _lift_margin(items: list[Any], fill: _Fill, floor: float, min_size: int, cap
     return None
 
 
+# A lift product costs at most this many times the bundle's dearest item: a $30 deli
+# party tray (6.5x a lunch box's $4.58 turkey) raises its margin but is no part of a lunch
+# box, while a $5.99 drain cleaner next to $1.99 bleach is a cleaning kit. Set between the two.
+LIFT_PRICE_RATIO = 3.0
+
+
+def _fits_price(pid: str, items: Sequence[Any], composer: Any) -> bool:
+    price = composer.types.fact(pid)[0]
+    top = max((float(i.unit_price) for i in items), default=0.0)
+    return top <= 0 or float(price) <= LIFT_PRICE_RATIO * top
+
+
+def _kind_word(option: str) -> str:
+    """The noun naming an option's kind: 'ground coffee' -> 'coffee', a lift of
+    'RESTAURANT > COFFEE > GROUND COFFEE' -> 'coffee' (plural 's' dropped)."""
+    from .compose import readable_type
+
+    name = readable_type(option[5:]) if option.startswith("lift:") else option.split("#", 1)[0]
+    words = re.sub(r"[^a-z ]+", " ", name.lower()).split()
+    word = words[-1] if words else ""
+    return word[:-1] if word.endswith("s") and not word.endswith("ss") else word
+
+
+def _same_kind(option: str, items: Sequence[Any]) -> bool:
+    """Whether a lift would add a second of a kind the bundle holds (a restaurant ground
+    coffee next to the ground coffee, cleaning wipes next to the wipes)."""
+    word = _kind_word(option)
+    return bool(word) and any(_kind_word(i.option) == word for i in items)
+
+
 def _swap_in_lift(items: list[Any], fill: _Fill, lift: tuple[Any, Any], composer: Any) -> list[Any] | None:
     """The bundle with its lowest-margin non-headline item replaced by the best product of
     a high-margin kind near the theme (None when nothing can be swapped)."""
     role, spec = lift
+    if _same_kind(spec.key, items):
+        return None
     used = {x.product_id for x in items}
-    pick = next((p for p in fill.comp.ranked.get(spec.key, []) if p not in used), None)
+    pick = next((p for p in fill.comp.ranked.get(spec.key, []) if p not in used and _fits_price(p, items, composer)),
+                None)
     spots = [i for i, x in enumerate(items) if x.role not in fill.headline_roles and x.option not in fill.named]
     if pick is None or not spots:
         return None
@@ -1431,8 +1602,9 @@ def _narrow_to_named(plan: Any, named: set[str]) -> Any:
     return plan.model_copy(update={"roles": roles})
 
 
-def _composed_pool(assistant: BundleAssistant, need: Need, query_vec: np.ndarray, cons: Constraints,
-                   min_size: int, size: int, *, explicit_size: bool) -> Pool | None:
+def _composed_pool(assistant: AssistantParts, need: Need, query_vec: np.ndarray, cons: Constraints,
+                   min_size: int, size: int, *, explicit_size: bool,
+                   rule: PlacementRule | None = None) -> Pool | None:
     """Candidates from composition's role plan (:mod:`assistant.compose`): every option
     combination (most typical first) of the plan's core roles and of the plan less one
     non-headline role, each filled several ways: the best product per option, the
@@ -1461,8 +1633,10 @@ def _composed_pool(assistant: BundleAssistant, need: Need, query_vec: np.ndarray
     comp = composer.prepare(plan, need, ctx, budget=cons.budget)
     if not comp.keep:
         return Pool(plan.source, [], {}, {}, [], len(plan.roles))
+    fresh = _for_fixture(comp.ranked, plan, rule, assistant, min_size) if rule is not None else False
     # a merchandiser wants breadth: every available option of a core role, not only the usual few
-    keep = [(r, [o for o in r.options if comp.ranked.get(o.key)]) for r, _ in comp.keep]
+    # (a fixture may have emptied a role: :func:`_for_fixture`)
+    keep = [(r, opts) for r, _ in comp.keep if (opts := [o for o in r.options if comp.ranked.get(o.key)])]
     margin = index.catalogue["margin_rate"]
 
     def kind(pid: str) -> str:
@@ -1475,6 +1649,8 @@ def _composed_pool(assistant: BundleAssistant, need: Need, query_vec: np.ndarray
     taken = {m for r in plan.roles for o in r.options for m in o.match}
     for spec in _lift_specs(assistant, query_vec, plan.food, SPREAD_LIFT_FLOOR if floor is None else floor, taken):
         comp.ranked[spec.key] = composer.ranked_products(spec, ctx)
+        if rule is not None:
+            _for_fixture(comp.ranked, None, rule, assistant, min_size, keys=[spec.key])
         if comp.ranked[spec.key]:
             lifts.append((Role(name=spec.key, options=[spec], optional=True), spec))
     labels = {o.key: o.label for r in plan.roles for o in r.options}
@@ -1494,13 +1670,16 @@ def _composed_pool(assistant: BundleAssistant, need: Need, query_vec: np.ndarray
             if len(proposals) >= limit:
                 break
             choice = [(r, opts[i]) for (r, opts), i in zip(subset, idx)]
-            if len({spec.key for _, spec in choice}) < len(choice):
+            if len({spec.key for _, spec in choice}) < len(choice) or _holds_another(choice):
                 continue
             for f, forced in enumerate(_fills(choice, comp.ranked, margin, kind)):
                 built = composer.build(choice, comp.optional, comp.ranked, comp.portions, comp.budget, forced)
                 if not built:
                     continue
-                built = built[:cap]  # core roles come first: a stated item range drops the last ones
+                # core roles come first: a stated item range drops the last ones; else the
+                # companions the choice comes with (PB&J's jelly) stay
+                built = _companions_first(built)[:cap if explicit_size else
+                                                 max(cap, len(composer._with_companions(choice, comp.ranked)))]
                 variants = [built]
                 if floor is None and f == 1 and lifts and spread < SPREAD_VARIANTS:
                     # the richest fill once more with a lift swapped in: a few margin-rich
@@ -1517,7 +1696,66 @@ def _composed_pool(assistant: BundleAssistant, need: Need, query_vec: np.ndarray
         if key not in seen:
             seen.add(key)
             proposals.append(cand)
-    return Pool(plan.source, proposals, item_roles, {}, comp.role_products(per_option=2), len(comp.keep))
+    return Pool(plan.source, proposals, item_roles, {}, comp.role_products(per_option=2), len(comp.keep),
+                fresh_fallback=fresh)
+
+
+def _for_fixture(ranked: dict[str, list[str]], plan: Any, rule: PlacementRule, assistant: AssistantParts,
+                 min_size: int = 2, keys: Sequence[str] | None = None) -> bool:
+    """Narrow each option's ranked products to what the fixture sells, in place, the
+    best-selling of the best-fitting first. A shelf-stable fixture keeps an option's
+    shelf-stable products; a role with none leaves the plan (the hot dogs of a game-day
+    endcap stay in the meat case; its chips, dip and soda make the endcap) while enough
+    roles remain, else keeps its fresh products. True when a core role kept fresh ones."""
+    stable, _ = placement_facts(assistant.index)
+    types = assistant.composer.types
+
+    def ambient(key: str) -> list[str]:
+        return [p for p in ranked.get(key, []) if bool(stable.get(p, False))]
+
+    fresh = False
+    if rule.shelf_stable:
+        roles = list(plan.roles) if plan is not None else []
+        grouped = {o.key for r in roles for o in r.options}
+        groups = [([o.key for o in r.options], r) for r in roles]
+        groups += [([k], None) for k in (keys if keys is not None else list(ranked)) if k not in grouped]
+        core_left = sum(1 for g, r in groups if r is not None and not r.optional and any(ambient(k) for k in g))
+        for group, role in groups:
+            narrowed = {k: ambient(k) for k in group}
+            if any(narrowed.values()) or role is None or role.optional or core_left >= max(min_size, 2):
+                ranked.update(narrowed)  # an extra (companion, lift, optional role) with none is left out
+            elif any(ranked.get(k) for k in group):
+                fresh = True
+    for key in keys if keys is not None else list(ranked):
+        ids = ranked.get(key, [])
+        head = sorted(ids[:PLACEMENT_SALES_DEPTH], key=lambda p: -float(types.fact(p)[1]))  # stable: fit breaks ties
+        ranked[key] = head + ids[PLACEMENT_SALES_DEPTH:]
+    return fresh
+
+
+def _companions_first(items: list[Any]) -> list[Any]:
+    """Each option's companion (the jelly of PB&J, role 'R+jelly') right after the item of
+    role R, so that a size cap cuts whole roles, not the jelly off a PB&J."""
+    companions = [i for i in items if "+" in i.role]
+    out = []
+    for item in items:
+        if "+" in item.role:
+            continue
+        out.append(item)
+        out += [c for c in companions if c.role.split("+", 1)[0] == item.role]
+    out += [c for c in companions if c not in out]
+    return out
+
+
+# A kit already holds what another role of its plan would add: a lunch kit comes with its
+# crackers, so a lunch kit with sandwich bread or crackers is no lunch a parent packs. The
+# plan less that role (:func:`_role_subsets`) carries the kit. (Belongs in the lexicon.)
+KIT_HOLDS: dict[str, frozenset[str]] = {"lunch kit": frozenset({"sandwich bread", "snack crackers"})}
+
+
+def _holds_another(choice: Sequence[tuple[Any, Any]]) -> bool:
+    keys = {spec.key.split("#", 1)[0] for _, spec in choice}
+    return any(keys & KIT_HOLDS.get(k, frozenset()) for k in keys)
 
 
 def _by_headline(combos: Sequence[tuple[float, tuple[int, ...]]], head: int) -> list[tuple[int, ...]]:
@@ -1578,7 +1816,8 @@ def _frontier(ranked: Sequence[ScoredBundle], rejected, chosen: Sequence[ScoredB
     chosen_keys = {tuple(sorted(b.item_ids)) for b in chosen}
     entries: list[tuple[ScoredBundle, bool, str]] = [(b, True, "") for b in ranked]
     entries += [(s, False, reason) for _, reason, s in rejected if s is not None]
-    xy = [(round(b.price.margin_rate_after, 6), round(b.score_breakdown["preference"].value, 6))
+    # flagged on the values plotted (4 decimals): a point the plot shows as dominated is not on the frontier
+    xy = [(round(b.price.margin_rate_after, 4), round(b.score_breakdown["preference"].value, 4))
           for b, _, _ in entries]
     flags = pareto_flags(xy) if xy else []
     points = [

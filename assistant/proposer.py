@@ -44,10 +44,11 @@ def proposal_schema(numbers: list[str], n_bundles: int, min_size: int, max_size:
     return create_model("Proposal", bundles=(list[bundle], Field(min_length=1, max_length=n_bundles)))
 
 
-@dataclass
-class ProposalReport:
-    """What the LLM did, for the ``llm`` block of a recommendation."""
+class ProposalReport(BaseModel):
+    """What the LLM did: the proposers fill it in, and a recommendation shows it as its
+    ``llm`` block (``assistant.service.LLMInfo`` is this record)."""
 
+    used: bool = False  # the request asked the LLM to propose (mode llm or llm+rule)
     model: str = ""
     device: str = ""
     proposed: int = 0  # bundles in the LLM's answer

@@ -133,10 +133,12 @@ class BundleCandidate(BaseModel):
 
 
 class BundleItem(BaseModel):
+    """One product of a bundle, from the catalogue; a shown bundle's items are these too."""
+
     product_id: str
     title: str
     price: float | None  # the catalogue's unit price
-    quantity: int = 1
+    quantity: int = 1  # packages; the bundle price is Σ price × quantity, less the discount
 
 
 class ComponentScore(BaseModel):

@@ -1,15 +1,21 @@
 """``BundleAssistant``: the one entry point used by the app, the CLI and eval.
 
-A recommendation runs one LangChain chain — retrieve → prompt → LLM → validate →
-rerank — whatever calls it. The LLM proposes; the catalogue and the reranker decide.
+A recommendation runs the same LangChain steps — retrieve → prompt → LLM → validate →
+rerank — whatever calls it, in two parts: :meth:`BundleAssistant.retrieve` (profile, query
+vector, role plan, candidates) and :meth:`BundleAssistant.propose_and_rank` (proposals,
+composition, rerank), so that the chat's LLM pass reuses the retrieval of its rule pass.
+The LLM proposes; the catalogue and the reranker decide.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -19,11 +25,13 @@ from pydantic import BaseModel, Field
 from retrieval.candidates import Candidate, CandidateRetriever
 from retrieval.config import ObjectiveConfig, Settings
 from retrieval.embeddings import Embedder
+from retrieval.filters import mask
 from retrieval.index import Index
 from retrieval.profiles import UserProfile, guest_profile
 from retrieval.schema import Constraints
 
 from .compose import Composer, Composition, RolePlan, ShopperContext, TypeCatalogue, distinct, parse_need, plan_for
+from .errors import ServiceError, UnknownProduct, UnknownUser  # re-exported: callers import them from here
 from .nlu.need import Need
 from .privacy import pseudonymise
 from .proposer import (
@@ -33,7 +41,7 @@ from .proposer import (
     propose_with_llm,
     propose_with_rules,
 )
-from .reranker import BundleCandidate, ComponentScore, RerankResult, ScoringContext, rerank
+from .reranker import BundleCandidate, BundleItem, ComponentScore, RerankResult, ScoringContext, rerank
 
 if TYPE_CHECKING:
     from .merchandiser import IdeasResult
@@ -42,23 +50,7 @@ Mode = Literal["rule", "llm", "llm+rule"]
 MODES: tuple[str, ...] = ("rule", "llm", "llm+rule")
 
 
-class ServiceError(ValueError):
-    """A bad request: the message is meant for the person who made it."""
-
-
-class UnknownUser(ServiceError):
-    pass
-
-
-class UnknownProduct(ServiceError):
-    pass
-
-
-class ShownItem(BaseModel):
-    product_id: str
-    title: str
-    price: float | None  # catalogue unit price
-    quantity: int = 1  # packages; the bundle price is Σ price × quantity, less the discount
+ShownItem = BundleItem  # a shown bundle's items are the reranker's catalogue items, one record
 
 
 class ShownBundle(BaseModel):
@@ -84,17 +76,7 @@ class ShownBundle(BaseModel):
         return [i.product_id for i in self.items]
 
 
-class LLMInfo(BaseModel):
-    used: bool = False
-    model: str = ""
-    device: str = ""
-    proposed: int = 0
-    valid_before_repair: int = 0
-    valid: int = 0
-    fallback: bool = False
-    error: str = ""
-    latency_s: float = 0.0
-    new_tokens: int = 0
+LLMInfo = ProposalReport  # a recommendation's llm block is the proposer's report, one record
 
 
 class Recommendation(BaseModel):
@@ -111,9 +93,34 @@ class Recommendation(BaseModel):
     roles: list[dict] = Field(default_factory=list)  # the plan: role -> its options
 
 
+@dataclass(frozen=True)
+class Retrieved:
+    """A request up to its candidates (:meth:`BundleAssistant.retrieve`): who asks, for
+    what, under which constraints, the query vector, the need's role plan and the
+    retrieved pool. Never changed once made: every :meth:`~BundleAssistant.propose_and_rank`
+    pass starts from fresh copies of its lists and sets, so a chat turn's rule pass and
+    its LLM pass are independent and each is deterministic."""
+
+    query: str
+    profile: UserProfile
+    anchors: tuple[str, ...]
+    constraints: Constraints  # the need's hard parts merged in
+    k: int
+    objective: ObjectiveConfig
+    template: str
+    boosted: frozenset[str]
+    demoted: frozenset[str]
+    need: Need | None = None
+    query_vec: np.ndarray | None = None
+    plan: RolePlan | None = None
+    candidates: tuple[Candidate, ...] = ()
+    timings: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    seconds: float = 0.0  # profile + retrieval: part of every pass's total
+
+
 @dataclass
 class _Request:
-    """State that flows through the chain."""
+    """State that flows through the proposal and rerank steps (one per pass)."""
 
     query: str
     profile: UserProfile
@@ -148,9 +155,9 @@ class BundleAssistant:
         self._types: TypeCatalogue | None = None
         self._rows: dict[str, int] | None = None
         self._lock = threading.Lock()
-        self.chain = (
-            RunnableLambda(self._retrieve_step, name="retrieve")
-            | RunnableLambda(self._propose_step, name="propose")
+        self.retrieval = RunnableLambda(self._retrieve_step, name="retrieve")
+        self.ranking = (
+            RunnableLambda(self._propose_step, name="propose")
             | RunnableLambda(self._rerank_step, name="rerank")
         )
 
@@ -280,16 +287,39 @@ class BundleAssistant:
         With a ``need`` (see :meth:`understand`), bundles are composed from its roles
         (:mod:`assistant.compose`): one product per role, sized to the servings, distinct
         alternatives. Without one (the offline completion eval: anchors and no text) the
-        ranked list stays driven by item relevance alone."""
+        ranked list stays driven by item relevance alone.
+
+        :meth:`retrieve` then :meth:`propose_and_rank`; a caller with several passes over
+        one request (the chat: rules first, then the LLM) calls the two itself."""
+        _check_k(k)
+        mode = _checked_mode(mode or ("llm+rule" if use_llm else "rule"))
+        retrieved = self.retrieve(user_id, query, anchors, constraints, k, weights=weights, template=template,
+                                  profile=profile, boosted=boosted, demoted=demoted, need=need)
+        return self.propose_and_rank(retrieved, mode)
+
+    def retrieve(
+        self,
+        user_id: str | None = None,
+        query: str = "",
+        anchors: tuple[str, ...] | list[str] = (),
+        constraints: Constraints | None = None,
+        k: int = 5,
+        *,
+        weights: dict[str, float] | None = None,
+        template: str = "shopper_bundle",
+        profile: UserProfile | None = None,
+        boosted: set[str] | None = None,
+        demoted: set[str] | None = None,
+        need: Need | None = None,
+    ) -> Retrieved:
+        """Everything a request needs before proposals (see :meth:`recommend` for the
+        arguments): the checked request, the profile, the query vector, the need's role
+        plan and the candidate pool. Raises :class:`ServiceError` for a bad request."""
         constraints = constraints or Constraints()
         if need is not None:
             constraints = _need_constraints(need, constraints)
             query = query or need.text
-        if k <= 0:
-            raise ServiceError("k must be > 0")
-        mode = mode or ("llm+rule" if use_llm else "rule")
-        if mode not in MODES:
-            raise ServiceError(f"mode must be one of {', '.join(MODES)}")
+        _check_k(k)
         unknown = [a for a in anchors if str(a) not in self.index.row_of.index]
         if unknown:
             raise UnknownProduct(f"unknown anchor product(s): {', '.join(map(str, unknown))}")
@@ -299,14 +329,31 @@ class BundleAssistant:
         if profile is None:
             profile = self.profile(user_id) if user_id else self.guest(query=query)
         objective = ObjectiveConfig(weights=weights) if weights else self.settings.objective
-        request = _Request(
+        asked = Retrieved(
             query=query.strip(), profile=profile, anchors=tuple(str(a) for a in anchors),
-            constraints=constraints, k=k, mode=mode, objective=objective, template=template,
-            boosted=set(boosted or ()), demoted=set(demoted or ()), need=need,
+            constraints=constraints, k=k, objective=objective, template=template,
+            boosted=frozenset(boosted or ()), demoted=frozenset(demoted or ()), need=need,
+            timings=MappingProxyType({"profile": round(time.perf_counter() - start, 4)}),
         )
-        request.timings["profile"] = round(time.perf_counter() - start, 4)
-        request = self.chain.invoke(request)
-        return self._recommendation(request, time.perf_counter() - start)
+        retrieved: Retrieved = self.retrieval.invoke(asked)
+        return dataclasses.replace(retrieved, seconds=time.perf_counter() - start)
+
+    def propose_and_rank(self, retrieved: Retrieved, mode: Mode) -> Recommendation:
+        """Proposals (rules, the LLM or both, per ``mode``), composition and the rerank,
+        over the output of :meth:`retrieve`. ``retrieved`` is left as it was: this pass works
+        on fresh copies of its lists and sets."""
+        _checked_mode(mode)
+        start = time.perf_counter()
+        request = _Request(
+            query=retrieved.query, profile=retrieved.profile, anchors=retrieved.anchors,
+            constraints=retrieved.constraints.model_copy(deep=True), k=retrieved.k, mode=mode,
+            objective=retrieved.objective, template=retrieved.template,
+            boosted=set(retrieved.boosted), demoted=set(retrieved.demoted),
+            query_vec=retrieved.query_vec, candidates=list(retrieved.candidates),
+            timings=dict(retrieved.timings), need=retrieved.need, plan=retrieved.plan,
+        )
+        request = self.ranking.invoke(request)
+        return self._recommendation(request, retrieved.seconds + time.perf_counter() - start)
 
     def understand(self, text: str, previous: Need | None = None) -> Need:
         """The one reading of a shopper's message (CLI ``--parse``, the chat and eval)."""
@@ -325,29 +372,27 @@ class BundleAssistant:
 
         return bundle_items(self, list(item_ids), use_llm=use_llm, **options)
 
-    def _retrieve_step(self, req: _Request) -> _Request:
+    def _retrieve_step(self, asked: Retrieved) -> Retrieved:
         t = time.perf_counter()
-        if req.query:
-            req.query_vec = self.embedder.encode_one(req.query)
-        types: list[str] = []
-        if req.need is not None:
-            req.plan = self._plan(req)
-            types = self._plan_types(req.plan)
-        req.candidates = self.retriever.retrieve(
-            req.query, req.profile, req.anchors, req.constraints, self.settings.retrieval.max_candidates,
-            query_vec=req.query_vec, **({"types": types} if types else {}),
+        query_vec = self.embedder.encode_one(asked.query) if asked.query else None
+        plan = self._plan(asked.need, asked.anchors, query_vec) if asked.need is not None else None
+        types = self._plan_types(plan)
+        candidates = self.retriever.retrieve(
+            asked.query, asked.profile, asked.anchors, asked.constraints, self.settings.retrieval.max_candidates,
+            query_vec=query_vec, **({"types": types} if types else {}),
         )
-        req.timings["retrieve"] = round(time.perf_counter() - t, 4)
-        return req
+        timings = MappingProxyType({**asked.timings, "retrieve": round(time.perf_counter() - t, 4)})
+        return dataclasses.replace(asked, query_vec=query_vec, plan=plan, candidates=tuple(candidates),
+                                   timings=timings)
 
-    def _plan(self, req: _Request) -> RolePlan | None:
-        if req.need is None or req.anchors:
+    def _plan(self, need: Need, anchors: tuple[str, ...], query_vec: np.ndarray | None) -> RolePlan | None:
+        if anchors:
             return None  # anchors ask for completion of a basket, not a composed need
-        need_vec = req.query_vec
-        if need_vec is None and req.need.text.strip():
-            need_vec = self.embedder.encode_one(req.need.text)
+        need_vec = query_vec
+        if need_vec is None and need.text.strip():
+            need_vec = self.embedder.encode_one(need.text)
         cop = self.index.copurchase
-        return plan_for(req.need, self.types, query_vec=need_vec,
+        return plan_for(need, self.types, query_vec=need_vec,
                         complement_types=lambda kind, k: cop.complement_types(kind, k=k))
 
     def _plan_types(self, plan: RolePlan | None) -> list[str]:
@@ -392,10 +437,6 @@ class BundleAssistant:
         """The same verdicts as :meth:`_allowed`, from one vectorised mask over the
         catalogue (``retrieval.filters``): composition asks about ~1k products a request,
         and a per-product check with word exclusions costs ~0.5 ms each."""
-        try:
-            from retrieval.filters import mask
-        except ImportError:  # an older tree without the filters module
-            return self._allowed(req)
         passing = mask(self.index.products, req.constraints)
         rows = self._row_positions()
         return lambda pid: (i := rows.get(pid)) is not None and bool(passing[i])
@@ -532,10 +573,7 @@ class BundleAssistant:
             constraints=req.constraints,
             profile_summary=req.profile.summary,
             mode=req.mode,
-            llm=LLMInfo(used=req.mode != "rule", model=report.model, device=report.device,
-                        proposed=report.proposed, valid_before_repair=report.valid_before_repair,
-                        valid=report.valid, fallback=report.fallback, error=report.error,
-                        latency_s=report.latency_s, new_tokens=report.new_tokens),
+            llm=report.model_copy(update={"used": req.mode != "rule"}),
             candidates=[{"product_id": c.product_id, "reason": c.reason, "score": round(c.score, 4),
                          "reasons": list(c.reasons), "why": list(c.why)} for c in req.candidates],
             rejected=len(result.rejected),
@@ -562,6 +600,17 @@ class BundleAssistant:
 
 
 MAX_COMPOSED_ITEMS = 8  # a composed bundle holds one product per role, at most this many
+
+
+def _check_k(k: int) -> None:
+    if k <= 0:
+        raise ServiceError("k must be > 0")
+
+
+def _checked_mode(mode: str) -> Mode:
+    if mode not in MODES:
+        raise ServiceError(f"mode must be one of {', '.join(MODES)}")
+    return mode  # type: ignore[return-value]  # one of MODES
 
 
 def _need_constraints(need: Need, base: Constraints) -> Constraints:
@@ -605,7 +654,7 @@ def _price(value) -> float | None:
 def _shown(rank: int, b) -> ShownBundle:
     p = b.price
     return ShownBundle(
-        rank=rank, name=b.name or "Bundle", items=[ShownItem(**i.model_dump()) for i in b.items],
+        rank=rank, name=b.name or "Bundle", items=[i.model_copy() for i in b.items],
         list_price=p.list_price, bundle_price=p.bundle_price, discount=p.discount, savings=p.savings,
         price_known=p.price_known, margin_rate=round(p.margin_rate_after, 4), score=round(b.score, 6),
         score_breakdown=b.score_breakdown, explanation=b.explanation, source=b.source,

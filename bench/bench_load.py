@@ -54,10 +54,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import percentiles, write  # noqa: E402
+from _common import READY, percentiles, rss_mib, start_child, write  # noqa: E402
 
 HOST = "127.0.0.1"
-READY = "READY "
 BUNDLES = 1  # index of the bundles JSON in /chat's outputs
 NEEDS = ("pasta night", "taco night for four", "a quick breakfast", "movie night snacks",
          "a healthy lunch", "a bbq party", "soup for a cold day", "a picnic")
@@ -124,18 +123,7 @@ def start_server(args: argparse.Namespace, log_path: Path) -> tuple[subprocess.P
            "--port", str(args.port), "--households", str(args.households)]
     if args.llm:
         cmd.append("--llm")
-    log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
-                            cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + args.start_timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line.startswith(READY):
-            return proc, json.loads(line[len(READY):])
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise SystemExit(f"the app did not start; its log:\n{log_path.read_text()[-4000:]}")
+    return start_child(cmd, log_path, args.start_timeout)
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -148,18 +136,6 @@ def stop_server(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-
-
-def rss_mib(pid: int) -> float:
-    try:
-        import psutil
-
-        return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
-    except ImportError:  # psutil is a test extra; /proc is enough on Linux
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-        raise
 
 
 def process_handles(pid: int) -> dict[str, int]:

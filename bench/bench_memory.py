@@ -40,10 +40,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import percentiles, write  # noqa: E402
+from _common import READY, percentiles, rss_mib, start_child, write  # noqa: E402
 
 HOST = "127.0.0.1"
-READY = "READY "
 FLAT_MIB_PER_MIN = 2.0  # over the second half; ~20 MiB in 10 minutes
 NEEDS = ("pasta night for two", "taco night for four under $25, no dairy", "a quick healthy breakfast",
          "movie night snacks without nuts", "soup for a cold day", "a picnic for four", "a bbq party",
@@ -54,13 +53,6 @@ BUNDLES = 1  # the bundles JSON in /chat's outputs
 # ------------------------------------------------------------------------------ the server
 
 
-def _rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
-
-
 def _types() -> collections.Counter:
     return collections.Counter(type(o).__name__ for o in gc.get_objects())
 
@@ -68,16 +60,16 @@ def _types() -> collections.Counter:
 def diagnose(first: collections.Counter | None) -> dict:
     """What the server holds now: RSS, live objects (and the types that grew since
     ``first``), threads; then RSS after gc.collect() and malloc_trim(0)."""
-    before = _rss_mib()
+    before = rss_mib()
     types = _types()
     grew = {} if first is None else dict((types - first).most_common(12))
     gc.collect()
-    after_gc = _rss_mib()
+    after_gc = rss_mib()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:
         pass
-    return {"rss_mib": before, "rss_after_gc_mib": after_gc, "rss_after_trim_mib": _rss_mib(),
+    return {"rss_mib": before, "rss_after_gc_mib": after_gc, "rss_after_trim_mib": rss_mib(),
             "objects": sum(types.values()), "grew_by_type": grew, "threads": threading.active_count()}
 
 
@@ -118,18 +110,7 @@ def start_server(args: argparse.Namespace, log_path: Path) -> tuple[subprocess.P
     cmd = [sys.executable, __file__, "--serve", "--data-dir", str(args.data_dir)]
     if args.no_llm:
         cmd.append("--no-llm")
-    log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line.startswith(READY):
-            return proc, json.loads(line[len(READY):])
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise SystemExit(f"the app did not start; its log:\n{log_path.read_text()[-4000:]}")
+    return start_child(cmd, log_path, 900)
 
 
 def ask_diag(proc: subprocess.Popen) -> dict:
@@ -141,13 +122,6 @@ def ask_diag(proc: subprocess.Popen) -> dict:
             raise SystemExit("the server went away")
         if line.startswith("DIAG "):
             return json.loads(line[5:])
-
-
-def rss_of(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
 
 
 # ------------------------------------------------------------------------------ the session
@@ -231,7 +205,7 @@ def main() -> int:
     started_s = round(time.perf_counter() - t0, 1)
     pid = info["pid"]
     persona = args.persona or info["personas"][0]
-    after_start = rss_of(pid)
+    after_start = rss_mib(pid)
     first_diag = ask_diag(proc)  # also takes the object census the end is compared with
 
     samples: list[tuple[float, float]] = []
@@ -242,11 +216,11 @@ def main() -> int:
     mid_diag = None
     while worker.is_alive():
         now = round(time.perf_counter() - t_run, 1)
-        samples.append((now, rss_of(pid)))
+        samples.append((now, rss_mib(pid)))
         if mid_diag is None and now >= args.minutes * 30:
             mid_diag = ask_diag(proc)  # the second half's census starts here
         worker.join(args.sample_s)
-    samples.append((round(time.perf_counter() - t_run, 1), rss_of(pid)))
+    samples.append((round(time.perf_counter() - t_run, 1), rss_mib(pid)))
     last_diag = ask_diag(proc)
     load_end = os.getloadavg()
     proc.stdin.close()

@@ -13,8 +13,9 @@ records, from the moment the message is submitted:
 * ``turn``: the last update (LLM proposals merged and reranked, or the rule cards
   kept when the one shared model is busy with another session).
 
-With 1 and with 5 concurrent sessions. Targets on a 2-core CPU with the LLM on: first
-visible text <= 2 s, first bundle card <= 5 s. Writes bench/results/ui.json.
+With 1 and with 5 concurrent sessions. Targets on a 2-core CPU with the LLM on, p95 of
+one session: first visible text <= 1 s, first bundle card <= 2 s, whole turn <= 4 s.
+Writes bench/results/ui.json.
 
 Without ``--data-dir`` it uses (and builds once, ~2 min) a 50-household Complete
 Journey slice in the user cache, never the app's own data dir.
@@ -41,7 +42,8 @@ from assistant.feedback import FeedbackStore  # noqa: E402
 from assistant.service import BundleAssistant  # noqa: E402
 from retrieval.config import Settings  # noqa: E402
 
-TARGETS = {"first_text_s": 2.0, "first_card_s": 5.0}
+# issue 12: first text <= 1 s and first card <= 2 s p95; issue 15: a whole turn with the LLM <= 4 s p95
+TARGETS = {"first_text_s": 1.0, "first_card_s": 2.0, "turn_s": 4.0}
 # A chat: a need, then refinements of it, then a new need.
 SCRIPT = [
     "taco night for four under $25, no dairy",
@@ -133,10 +135,7 @@ def main() -> None:
         demo.close()
         store.close()
     one = results.get("1", next(iter(results.values())))
-    met = {
-        "first_text_s": one["first_text_s"].get("p95", float("inf")) <= TARGETS["first_text_s"],
-        "first_card_s": one["first_card_s"].get("p95", float("inf")) <= TARGETS["first_card_s"],
-    }
+    met = {name: one[name].get("p95", float("inf")) <= limit for name, limit in TARGETS.items()}
     llm = assistant.llm if use_llm else None
     write("ui", {
         "use_llm": use_llm, "model": llm.name if llm else None, "device": llm.device if llm else "cpu",

@@ -56,7 +56,7 @@ from assistant.grouping import NAME_MAX, Affinity, ItemGroup, category_levels, c
 from retrieval.copurchase import CooccurrenceTable, CoPurchase
 from retrieval.index import Index
 
-from .protocols import CompletionCase
+from .protocols import CompletionCase, first_distinct
 
 
 @dataclass
@@ -194,24 +194,9 @@ def _ranked(score: dict[str, float]) -> list[str]:
 
 def _fill(ranked: list[str], case: CompletionCase, data: BaselineData, depth: int) -> list[str]:
     """Drop anchors, out-of-stock and repeated ids; top up with popular products."""
-    skip = set(case.anchors)
-    stock = data.in_stock
-    out: list[str] = []
-    for pid in ranked:
-        row = data.row_of.get(pid)
-        if pid in skip or row is None or not stock[row]:
-            continue
-        out.append(pid)
-        skip.add(pid)
-        if len(out) >= depth:
-            return out
-    for pid in data.popular:
-        if pid not in skip:
-            out.append(pid)
-            skip.add(pid)
-            if len(out) >= depth:
-                break
-    return out
+    sellable = (pid for pid in ranked if (row := data.row_of.get(pid)) is not None and data.in_stock[row])
+    out = first_distinct(sellable, case.anchors, depth)
+    return out + first_distinct(data.popular, [*case.anchors, *out], depth - len(out))
 
 
 def random_ranking(case: CompletionCase, data: BaselineData, depth: int, seed: int = 0) -> list[str]:

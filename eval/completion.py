@@ -21,7 +21,7 @@ from retrieval.config import OBJECTIVE_COMPONENTS
 from retrieval.schema import Constraints
 
 from . import metrics as M
-from .protocols import MAIN_METRIC, CompletionCase, Split, system_name
+from .protocols import MAIN_METRIC, CompletionCase, Split, first_distinct, system_name
 
 KS = (3, 5, 10)
 CUTOFF = 10
@@ -33,26 +33,13 @@ LEVELS = {"cj-completion": ("type", "sku"), "bundlerec-completion": ("sku",)}
 
 def system_ranking(rec, anchors: Sequence[str], depth: int = DEPTH) -> list[str]:
     """Bundle items in rank order, then the other retrieval candidates; anchors skipped."""
-    skip = set(anchors)
-    out: list[str] = []
-    for pid in [i.product_id for b in rec.bundles for i in b.items] + [c["product_id"] for c in rec.candidates]:
-        if pid not in skip:
-            out.append(pid)
-            skip.add(pid)
-    return out[:depth]
+    ranked = [i.product_id for b in rec.bundles for i in b.items] + [c["product_id"] for c in rec.candidates]
+    return first_distinct(ranked, anchors, depth)
 
 
 def type_list(ranked: Sequence[str], type_of: dict[str, str], skip: Sequence[str], cutoff: int = CUTOFF) -> list[str]:
-    out: list[str] = []
-    seen = {t for t in skip if t} | {""}
-    for pid in ranked:
-        t = type_of.get(pid, "")
-        if t not in seen:
-            out.append(t)
-            seen.add(t)
-            if len(out) >= cutoff:
-                break
-    return out
+    """The first ``cutoff`` distinct product types of ``ranked``; unknown types and those in ``skip`` left out."""
+    return first_distinct((type_of.get(pid, "") for pid in ranked), [*(t for t in skip if t), ""], cutoff)
 
 
 def as_run(lists: dict[str, list[str]]) -> dict[str, dict[str, float]]:

@@ -37,6 +37,7 @@ dev run can never see a test case (``tests/test_eval_dev.py``):
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,6 +98,20 @@ def permuted(keys: list[str], seed: int) -> list[str]:
     ordered = sorted(keys, key=_natural)
     order = np.random.default_rng(seed).permutation(len(ordered))
     return [ordered[i] for i in order]
+
+
+def first_distinct(ids: Iterable[str], skip: Iterable[str], limit: int) -> list[str]:
+    """The first ``limit`` of ``ids`` that are not in ``skip``, each once, in order: how
+    every ranked list (of products or of product types) is cut before it is scored."""
+    seen = set(skip)
+    out: list[str] = []
+    for x in ids:
+        if len(out) >= limit:
+            break
+        if x not in seen:
+            out.append(x)
+            seen.add(x)
+    return out
 
 
 def _natural(key: str):
@@ -344,6 +359,14 @@ def cj_dev(ds: Dataset, raw_tx: pd.DataFrame, seed: int, n_cases: int | None = 5
     return _mark_dev(split, {"train_weeks": f"1-{CJ_TRAIN_WEEKS}", "test_weeks_dropped": f">{CJ_TRAIN_WEEKS}"})
 
 
+def _resplit(protocol: Callable[[Dataset, int, int | None, float], Split], outer: Split, seed: int,
+             n_cases: int | None, share: float, outer_keys: tuple[str, ...]) -> Split:
+    """A BundleRec dev split: the outer split's training part split again by the same
+    protocol, recording the outer split's sizes under ``outer_keys``."""
+    split = protocol(outer.train, seed, n_cases, share)
+    return _mark_dev(split, {k: outer.info[k] for k in outer_keys})
+
+
 def bundlerec_completion_dev(ds: Dataset, seed: int, n_cases: int | None = None,
                              share: float = TEST_SHARE) -> Split:
     """The seed's test split's training part, split again by the same rules."""
@@ -353,9 +376,7 @@ def bundlerec_completion_dev(ds: Dataset, seed: int, n_cases: int | None = None,
 
 def bundlerec_completion_dev_of(outer: Split, seed: int, n_cases: int | None = None,
                                 share: float = TEST_SHARE) -> Split:
-    split = bundlerec_completion(outer.train, seed, n_cases, share)
-    return _mark_dev(split, {"test_bundles": outer.info["test_bundles"],
-                             "train_bundles": outer.info["train_bundles"]})
+    return _resplit(bundlerec_completion, outer, seed, n_cases, share, ("test_bundles", "train_bundles"))
 
 
 def bundlerec_generation_dev(ds: Dataset, seed: int, n_cases: int | None = None,
@@ -366,6 +387,4 @@ def bundlerec_generation_dev(ds: Dataset, seed: int, n_cases: int | None = None,
 
 def bundlerec_generation_dev_of(outer: Split, seed: int, n_cases: int | None = None,
                                 share: float = TEST_SHARE) -> Split:
-    split = bundlerec_generation(outer.train, seed, n_cases, share)
-    return _mark_dev(split, {"test_sessions": outer.info["test_sessions"],
-                             "train_bundles": outer.info["train_bundles"]})
+    return _resplit(bundlerec_generation, outer, seed, n_cases, share, ("test_sessions", "train_bundles"))

@@ -4,27 +4,20 @@ JSON clean-up every result goes through before it is written."""
 from __future__ import annotations
 
 import platform
-import subprocess
 from collections.abc import Sequence
 from importlib import metadata
-from pathlib import Path
 
 import numpy as np
+
+from retrieval.gitstate import git_state
 
 VERSIONED = ("torch", "transformers", "accelerate", "sentence-transformers", "chromadb", "langchain-core",
              "outlines", "ranx", "numpy", "pandas", "scipy", "lightgbm", "bundle-assistant")
 
 
 def git_commit() -> dict:
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": head or None, "dirty": bool(dirty)}
+    head, dirty = git_state()
+    return {"commit": head, "dirty": dirty}
 
 
 def versions() -> dict[str, str]:

@@ -19,7 +19,6 @@ defaults and says so in its JSON (``baseline_choices.source``).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from platformdirs import user_cache_dir
 
-from retrieval.config import Settings
+from retrieval.config import Settings, apply_process_defaults
 from retrieval.schema import Dataset
 
 from .completion import (  # noqa: F401  (re-exported: the eval's public names live here too)
@@ -246,7 +245,7 @@ def run_protocol(
         raise ValueError(f"variants must be some of {', '.join(VARIANTS)}, got {list(variants)}")
     variants = [v for v in VARIANTS if v in variants]  # canonical order
     stage = on_stage or (lambda s: print(f"[eval {protocol}] {s}", file=sys.stderr, flush=True))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    apply_process_defaults()  # offline hub etc., for a caller that imported nothing of ours before
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     cases = DEFAULT_CASES[protocol] if cases is None else cases

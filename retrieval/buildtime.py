@@ -23,10 +23,11 @@ MAX_REJECTED_SHARE = 0.5  # a build that rejects more of its rows than this is r
 # rate is "idle-machine seconds per second" and its ETA scales with the real load.
 STAGE_SECONDS = {"load": 4.0, "embed": 88.0, "products_store": 50.0, "copurchase": 12.0,
                  # ranker: 81 s busy, scaled like embed (145 s busy / 88 idle)
-                 "profiles": 7.0, "ranker": 49.0, "save": 2.0}
+                 "profiles": 7.0, "ranker": 49.0, "save": 2.0, "filters": 8.0}
 UNKNOWN_STAGE_SECONDS = 5.0  # a stage added later, until it is measured
 STAGE_WORDS = {"load": "loading the data", "embed": "embedding products", "products_store": "storing products",
-               "copurchase": "co-purchase statistics", "profiles": "user profiles", "save": "saving"}
+               "copurchase": "co-purchase statistics", "profiles": "user profiles", "save": "saving",
+               "filters": "diet and allergen columns"}
 
 
 class BuildProgress:

@@ -55,12 +55,29 @@ def env_settings() -> EnvSettings:
     return EnvSettings()
 
 
-def apply_process_defaults() -> None:
-    """Library defaults every entry point wants, unless the environment says otherwise:
-    no hub downloads, no tokenizer fork warnings, and OpenMP threads that wait passively
-    (spinning idle threads stalled single-query embeddings by up to ~100 ms on 2 cores)."""
-    for name, value in (("HF_HUB_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false"),
-                        ("OMP_WAIT_POLICY", "PASSIVE"), ("GRADIO_ANALYTICS_ENABLED", "False")):
+# Library defaults every entry point wants, unless the environment says otherwise. The
+# libraries read them once, when they load, so they are written before the heavy imports:
+# ``retrieval/__init__`` applies them, and the entry points (CLI, app) call this first.
+PROCESS_DEFAULTS: tuple[tuple[str, str], ...] = (
+    ("HF_HUB_OFFLINE", "1"),  # no hub downloads: every model is packaged or local
+    ("TOKENIZERS_PARALLELISM", "false"),  # no fork warnings from the tokenizers
+    # OpenMP's idle threads spin while they wait for work. Serving, they spun against Chroma's
+    # own threads on a 2-core machine and gave single-query embedding stalls of up to ~100 ms
+    # (search p95 30-68 ms, max 100-135 ms); passive waiting removed them (max ~40 ms) at no
+    # cost to the LLM's tokens/s (17.1 both ways). Read once, when torch loads OpenMP.
+    ("OMP_WAIT_POLICY", "PASSIVE"),
+    ("GRADIO_ANALYTICS_ENABLED", "False"),
+)
+# Only for the long-running web server: pyarrow's default allocator (jemalloc) kept growing
+# under the web server's thread churn (+85 MiB a minute at 20 sessions in
+# bench/bench_load.py); the system one stays flat. Read when pyarrow loads.
+SERVER_DEFAULTS: tuple[tuple[str, str], ...] = (("ARROW_DEFAULT_MEMORY_POOL", "system"),)
+
+
+def apply_process_defaults(*, server: bool = False) -> None:
+    """Write :data:`PROCESS_DEFAULTS` (and, for the web server, :data:`SERVER_DEFAULTS`)
+    into the environment where it does not set them already."""
+    for name, value in PROCESS_DEFAULTS + (SERVER_DEFAULTS if server else ()):
         os.environ.setdefault(name, value)
 
 
@@ -257,8 +274,15 @@ class RankerConfig(BaseModel):
     min_queries: int = 40  # fewer training queries than this: the fallback blend ranks
     query_share: float = 0.25  # training queries given a synthetic need (a target's product type)
     half_life_days: float = 28.0  # recency weighting of the repeat history
+    # the ``blend`` feature: the type-level buy-again+co-occurrence baseline's score, with
+    # that baseline's own dev choice (eval/results/dev-choices.json: best of its grid on the
+    # cj-completion dev split, type level, w 0.8, type pairs seen >= 3 times)
+    blend_weight: float = 0.8
+    blend_min_count: float = 3.0
     # pool sizes per generator (the pool is their union, several hundred items)
     repeat_k: int = 150
+    one_row_per_type: bool = False  # basket data: train on one SKU per product type (retrieval.ranker)
+    repeat_types_k: int = 0  # see retrieval.pool: usual SKUs of the user's most bought types
     cooc_k: int = 80
     cooc_once_k: int = 40
     cooc_min_frequent: int = 10  # fewer frequent (count >= 2) pairs than this: back off to pairs seen once

@@ -49,9 +49,10 @@ class Embedder:
         """``cache_dir``: a persistent, unbounded cache (index builds). Otherwise
         ``cache_size`` keeps that many recent texts in memory only (serving: shoppers'
         messages are never written to disk and cannot grow the process without bound)."""
+        # no hub lookups: HF_HUB_OFFLINE is set by the package's __init__ (apply_process_defaults),
+        # before sentence-transformers and huggingface_hub load and read it
         from sentence_transformers import SentenceTransformer
 
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.model_path = Path(model_path) if model_path else packaged_model_path()
         self.model = SentenceTransformer(str(self.model_path), device=device or "cpu")
         self.batch_size = batch_size

@@ -21,11 +21,14 @@ words it excludes, with a ``caveat`` the card shows, because a catalogue categor
 prove that a product is free of an ingredient. The file's ``precedence`` entry documents
 how a rule reads a product. Allergy rules err on excluding too much.
 
-This module imports nothing of ours at run time: the lowest layer reaches up to nobody.
+At run time this module imports only :mod:`retrieval.wording` (the whole-word matcher, which
+the records share): the lowest layer reaches up to nobody.
 """
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import json
 import re
 import weakref
@@ -38,56 +41,13 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
-if TYPE_CHECKING:  # only for annotations: schema imports this module
+from .wording import NOT_A_HIT, RULES_FILE, _term_re, mentions  # noqa: F401  (re-exported for callers)
+from .wording import raw_rules as _raw_rules
+
+if TYPE_CHECKING:  # only for annotations
     from .schema import Constraints
 
-RULES_FILE = Path(__file__).resolve().parent / "data" / "food_rules.json"
 FoodClass = Literal["food", "nonfood", "infant"]
-
-
-# ---------------------------------------------------------------------------------------
-# Whole-word matching
-# ---------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=1)
-def _raw_rules() -> dict:
-    with RULES_FILE.open(encoding="utf-8") as fh:
-        return json.load(fh)
-
-
-# Phrases in which a term does not mean what was excluded ("PEANUT BUTTER" is not dairy,
-# "ROOT BEER" is not alcohol). Data, with the rules: both decide what a word excludes.
-NOT_A_HIT: dict[str, tuple[str, ...]] = {
-    k.lower(): tuple(v) for k, v in _raw_rules().get("not_a_hit", {}).items()
-}
-
-
-@lru_cache(maxsize=4096)
-def _term_re(term: str) -> re.Pattern[str]:
-    body = r"[\s-]+".join(re.escape(p) for p in term.lower().split())
-    return re.compile(rf"(?<![a-z0-9]){body}(?:s|es)?(?![a-z0-9])")
-
-
-def mentions(text: str, terms: Iterable[str]) -> str | None:
-    """The first term that ``text`` mentions as a whole word, else None.
-
-    "ham" does not hit "GRAHAM CRACKERS", "egg" does not hit "LEGGS", "nut" does not hit
-    "NUTRITIONAL", and "PEANUT BUTTER" is not dairy (see :data:`NOT_A_HIT`).
-    """
-    lowered = text.lower()
-    for term in terms:
-        term = term.strip().lower()
-        if not term:
-            continue
-        hits = [m.span() for m in _term_re(term).finditer(lowered)]
-        if not hits:
-            continue
-        shields = [m.span() for phrase in NOT_A_HIT.get(term, ())
-                   for m in _term_re(phrase).finditer(lowered)]
-        if any(not any(s <= h0 and h1 <= e for s, e in shields) for h0, h1 in hits):
-            return term
-    return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -485,6 +445,47 @@ def violations(row: object, constraints: Constraints, *, item_budget: bool = Tru
 _WORD_COLUMN_AFTER = 500  # row-by-row checks of one exclusion word before its column is built
 
 
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+@dataclass(frozen=True)
+class _WordTable:
+    """One text column's distinct values (lower-cased) and which of them hold each token,
+    so that an exclusion word is matched against the few values that can hold it: a
+    diet expands to ~130 words, and scanning 21k titles for each took seconds."""
+
+    codes: np.ndarray
+    lowered: list[str]
+    tokens: list[str]  # sorted
+    postings: list[np.ndarray]  # per token: the values holding it
+
+    @classmethod
+    def of(cls, column: np.ndarray) -> _WordTable:
+        codes, uniques = pd.factorize(pd.Series(column, dtype=object))
+        lowered = [str(u).lower() for u in uniques]
+        holders: dict[str, list[int]] = {}
+        for i, text in enumerate(lowered):
+            for tok in set(_TOKEN.findall(text)):
+                holders.setdefault(tok, []).append(i)
+        tokens = sorted(holders)
+        return cls(codes=np.asarray(codes), lowered=lowered, tokens=tokens,
+                   postings=[np.asarray(holders[t], dtype=np.int64) for t in tokens])
+
+    def candidates(self, term: str) -> Iterable[int]:
+        """A superset of the values the whole-word pattern of ``term`` can match: its
+        match starts a token (``_term_re`` forbids a letter or digit before it), so that
+        token begins with the term's leading run of letters and digits."""
+        lead = _TOKEN.match(term.strip().lower())
+        if lead is None:  # starts with another character: no token to screen by
+            return range(len(self.lowered))
+        prefix = lead.group()
+        lo = bisect.bisect_left(self.tokens, prefix)
+        hi = bisect.bisect_left(self.tokens, prefix + "\x7f")
+        if lo == hi:
+            return ()
+        return np.unique(np.concatenate(self.postings[lo:hi])).tolist()
+
+
 class CatalogueFilter:
     """The hard constraints over one catalogue frame. Per-rule and per-word columns are
     computed on first use (over the unique titles/paths, not the 92k rows) and cached:
@@ -507,6 +508,7 @@ class CatalogueFilter:
         self._facts_codes, self._facts = self._unique_facts()
         self._cache: dict[tuple[str, str], np.ndarray] = {}
         self._word_calls: dict[str, int] = {}
+        self._word_tables: dict[str, _WordTable] = {}
 
     @staticmethod
     def _text_col(p: pd.DataFrame, name: str, n: int) -> np.ndarray:
@@ -555,23 +557,62 @@ class CatalogueFilter:
         col = np.zeros(len(self._ids), dtype=bool)
         pattern = _term_re(term.strip().lower())
         for name in ("title", "category", "brand"):
-            values = pd.Series(self._cols[name], dtype=object)
-            codes, uniques = pd.factorize(values)
-            hit = np.array([bool(pattern.search(u.lower())) and mentions(u, [term]) is not None for u in uniques],
-                           dtype=bool)
-            if len(codes):
-                col |= hit[codes]
+            words = self._word_table(name)
+            hit = np.zeros(len(words.lowered), dtype=bool)
+            for i in words.candidates(term):
+                hit[i] = bool(pattern.search(words.lowered[i])) and mentions(words.lowered[i], [term]) is not None
+            if len(words.codes):
+                col |= hit[words.codes]
         for group in load_rules().alias_groups(term):
             col = col | self._per_facts(("group", group.name), group.excludes)
         self._cache[key] = col
         return col
 
+    def _word_table(self, name: str) -> _WordTable:
+        table = self._word_tables.get(name)
+        if table is None:
+            table = self._word_tables[name] = _WordTable.of(self._cols[name])
+        return table
+
     def warm(self) -> None:
-        """Compute every diet and food column now (app start-up), not on first use."""
+        """Compute every diet, exclusion-group and food column now, not on a shopper's
+        first request: on the full catalogue the vegan column alone takes ~4 s."""
         for diet in known_diets():
             self.rule_hits(diet)
+        for name, group in load_rules().groups.items():
+            self._per_facts(("group", name), group.excludes)
+            for alias in group.aliases:  # "no dairy", "no nuts": the common exclusion words
+                self.word_hits(alias)
         self.food_ok(True)
         self.food_ok(False)
+
+    def _signature(self) -> str:
+        """What the saved columns depend on: the rules file and the catalogue's rows."""
+        rules = json.dumps(_raw_rules(), sort_keys=True).encode()
+        rows = pd.util.hash_pandas_object(pd.Series(self._ids), index=False).to_numpy().tobytes()
+        return hashlib.sha256(rules + rows).hexdigest()[:16]
+
+    def save_columns(self, path: Path) -> None:
+        """:meth:`warm`, then keep the columns with the build (``index`` time)."""
+        self.warm()
+        named = {f"{kind}\x1f{name}": col for (kind, name), col in self._cache.items()}
+        named["signature"] = np.array(self._signature())
+        np.savez_compressed(path, **named)  # type: ignore[arg-type]  # numpy's stub mistypes **kwds
+
+    def load_columns(self, path: Path) -> bool:
+        """Take the columns a build saved, unless the rules or the rows changed since."""
+        if not path.exists():
+            return False
+        with np.load(path, allow_pickle=False) as saved:
+            if str(saved["signature"]) != self._signature():
+                return False
+            for key in saved.files:
+                if key != "signature":
+                    kind, name = key.split("\x1f", 1)
+                    col = saved[key]
+                    if len(col) == len(self._ids):
+                        self._cache[(kind, name)] = col.astype(bool)
+        return True
 
     def mask(self, c: Constraints, *, item_budget: bool = True) -> np.ndarray:
         """True for the rows that break no hard constraint."""

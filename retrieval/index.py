@@ -6,7 +6,7 @@ Layout::
     DATA_DIR/current.json              which build serves (swapped atomically)
     DATA_DIR/builds/<build>/           catalogue.parquet, item_embeddings.npy,
                                        copurchase_*.npz, ranker files, history.parquet,
-                                       quarantine.csv, build.json
+                                       filter_columns.npz, quarantine.csv, build.json
     DATA_DIR/cache/embedding_cache.npz text-hash -> vector (makes rebuilds incremental)
     DATA_DIR/chroma/                   the embedded Chroma store (unless CHROMA_URL)
 
@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from . import filters
 from .buildtime import MAX_REJECTED_SHARE
 from .config import Settings
 from .copurchase import CoPurchase, baskets_of
@@ -45,6 +46,7 @@ from .validation import PartialBuild, build_problem
 if TYPE_CHECKING:  # the ranker pulls in lightgbm: imported on first use only
     from .ranker import Ranker
 
+FILTER_COLUMNS = "filter_columns.npz"
 BUILD_FORMAT = 3  # 2: extra tables keep pseudonymised user ids; 3: a learned ranker and history.parquet
 PRODUCT_META_FIELDS = ("title", "category", "department", "product_type", "brand", "price", "in_stock", "popularity")
 
@@ -176,6 +178,10 @@ def build_index(
         for name, extra in ds.extras.items():
             _with_pseudonymous_users(extra, pseudonymise).to_parquet(folder / f"extra_{name}.parquet", index=False)
         _history_table(ds, pseudonymise).to_parquet(folder / "history.parquet", index=False)
+    with timed("filters"):
+        # the diet and exclusion-group columns: seconds each on the full catalogue, paid
+        # here rather than by a shopper's first "vegan" request
+        filters.for_catalogue(products).save_columns(folder / FILTER_COLUMNS)
         summary = {**ds.summary(), "profiles": len(profiles)}
         (folder / "build.json").write_text(json.dumps({"fingerprint": fingerprint, **summary}, indent=2))
     pointer = {
@@ -313,6 +319,7 @@ class Index:
             if "display_title" not in self.products.columns:  # for people; "title" stays for search/export
                 self.products["display_title"] = display_titles(self.products, self.source)
             self.catalogue = self.products.set_index("product_id", drop=False)
+            filters.for_catalogue(self.products).load_columns(self.folder / FILTER_COLUMNS)
             self.item_embeddings = np.load(self.folder / "item_embeddings.npy")
             self.row_of = pd.Series(np.arange(len(self.products)), index=self.products["product_id"])
             self.copurchase = CoPurchase.load(self.folder, self.products)

@@ -92,15 +92,28 @@ FEATURES: tuple[str, ...] = (
     "price_rel", "log_price",  # log(price / the user's median price), log(price)
     "same_type_as_anchor", "in_stock", "user_baskets", "n_anchors",
     *(f"from_{g}" for g in GENERATORS),
+    # the strongest simple baseline's own score (eval's type-level buy-again+co-occurrence):
+    # type_mapped marks the one SKU a type's co-occurrence goes to (the user's usual one of
+    # the type, else its best seller); blend = w·item_share + (1 − w)·mean type confidence
+    # with the anchors on that SKU. Trees split on one feature at a time and approximate a
+    # weighted sum poorly; given the sum, the ranker starts where the baseline ends.
+    "type_mapped", "blend",
+    # personal co-occurrence: of the user's own baskets holding the anchor (its type), the
+    # share that also held the candidate (its type); max over anchors, the anchor's own
+    # type excluded. What this household buys on this kind of trip, not on average.
+    "user_cooc_share", "user_anchor_baskets", "user_tcooc_share", "user_tcooc_count", "user_tcooc_lift",
+    "user_anchor_type_baskets",
 )
 _GROUPS: dict[str, tuple[str, ...]] = {
     "repeat": ("item_baskets", "item_share", "item_decayed", "item_days_since", "item_interval", "item_due",
-               "usual_of_type", "from_repeat"),
-    "type_repeat": ("type_baskets", "type_share", "type_decayed", "type_days_since", "type_interval", "type_due"),
+               "usual_of_type", "from_repeat", "blend",  # blend: mostly the repeat share (w = 0.8)
+               "user_cooc_share"),
+    "type_repeat": ("type_baskets", "type_share", "type_decayed", "type_days_since", "type_interval", "type_due",
+                    "user_tcooc_share", "user_tcooc_count", "user_tcooc_lift"),
     "together": ("cooc_count_max", "cooc_count_mean", "cooc_conf_max", "cooc_conf_mean", "cooc_lift_max",
                  "cooc_lift_mean", "cooc_npmi_max", "cooc_npmi_mean", "cooc_linked", "from_cooc", "from_cooc_once"),
     "type_together": ("tcooc_count_max", "tcooc_conf_max", "tcooc_conf_mean", "tcooc_lift_max", "tcooc_npmi_max",
-                      "tcooc_npmi_mean", "from_type_cooc", "same_type_as_anchor"),
+                      "tcooc_npmi_mean", "from_type_cooc", "same_type_as_anchor", "type_mapped"),
     "similar": ("cos_anchor_max", "cos_anchor_mean", "from_similar"),
     "query": ("cos_query", "from_semantic", "from_role"),
     "profile": ("cos_profile", "from_profile"),
@@ -131,9 +144,12 @@ def sigmoid(x: np.ndarray | float) -> np.ndarray:
 # --- features -------------------------------------------------------------------------------
 
 
-def features(data: RankerData, ctx: RankingContext, rows: np.ndarray, flags: Sequence[Sequence[str]]) -> np.ndarray:
+def features(data: RankerData, ctx: RankingContext, rows: np.ndarray, flags: Sequence[Sequence[str]],
+             cfg: RankerConfig | None = None) -> np.ndarray:
     """The feature matrix (len(rows) x len(FEATURES)), float64, NaN where undefined
-    (no user, no anchor, no query)."""
+    (no user, no anchor, no query). ``cfg`` gives the ``blend`` feature's weight and
+    minimum type-pair count (the defaults when None)."""
+    cfg = cfg or RankerConfig()
     cat = data.catalogue
     n = len(rows)
     X = np.full((n, len(FEATURES)), np.nan, dtype=np.float64)
@@ -185,6 +201,9 @@ def features(data: RankerData, ctx: RankingContext, rows: np.ndarray, flags: Seq
     with np.errstate(divide="ignore", invalid="ignore"):
         put("log_price", np.log(cat.price[rows]))
     put("in_stock", cat.in_stock[rows].astype(np.float64))
+    _put_blend(put, data, ctx, rows, codes, X, cfg)
+    if user is not None and ctx.anchors:
+        _put_personal(put, cat, user, ctx.anchors, rows, codes, X)
     first = _COL[f"from_{GENERATORS[0]}"]  # the flags are consecutive columns, in GENERATORS order
     X[:, first: first + len(GENERATORS)] = 0.0
     for j, names in enumerate(flags):
@@ -192,6 +211,68 @@ def features(data: RankerData, ctx: RankingContext, rows: np.ndarray, flags: Seq
             X[j, first + _GEN[g]] = 1.0
     X[~np.isfinite(X)] = np.nan
     return X
+
+
+def _put_blend(put, data: RankerData, ctx: RankingContext, rows: np.ndarray, codes: np.ndarray,
+               X: np.ndarray, cfg: RankerConfig) -> None:
+    """``type_mapped`` and ``blend`` (see :data:`FEATURES`), as ``eval.baselines.blend_ranking``
+    computes the type-level blend: type pairs seen fewer than ``blend_min_count`` times and
+    the anchor's own type give no confidence; a guest has no repeat share."""
+    cat = data.catalogue
+    mapped = _mapped(data, ctx.user, codes, rows)
+    put("type_mapped", mapped)
+    share = np.nan_to_num(X[:, _COL["item_share"]], nan=0.0) if ctx.user is not None else np.zeros(len(rows))
+    conf = np.zeros(len(rows))
+    if ctx.anchors:
+        anchor_codes = [int(cat.type_code[a]) for a in ctx.anchors]
+        typ = data.costats.type_pairs(anchor_codes, codes)
+        same = codes.reshape(1, -1) == np.array(anchor_codes).reshape(-1, 1)
+        keep = (typ["count"] >= cfg.blend_min_count) & ~same & (codes.reshape(1, -1) >= 0)
+        conf = np.where(keep, typ["confidence"], 0.0).mean(axis=0) * mapped
+    put("blend", cfg.blend_weight * share + (1.0 - cfg.blend_weight) * conf)
+
+
+def _put_personal(put, cat, user: UserRow, anchors: Sequence[int], rows: np.ndarray, codes: np.ndarray,
+                  X: np.ndarray) -> None:
+    """The ``user_*`` co-occurrence features (see :data:`FEATURES`)."""
+    item_share, type_share = np.zeros(len(rows)), np.zeros(len(rows))
+    type_count, n_items, n_types = np.zeros(len(rows)), 0.0, 0.0
+    for a in anchors:
+        n_a, both = user.together(int(a), rows, "item")
+        if n_a:
+            item_share = np.maximum(item_share, both / n_a)
+        n_items = max(n_items, n_a)
+        code = int(cat.type_code[a])
+        n_t, tboth = user.together(code, codes, "type")
+        tboth = np.where(codes == code, 0.0, tboth)  # its own type: a substitute
+        if n_t:
+            type_share = np.maximum(type_share, tboth / n_t)
+            type_count = np.maximum(type_count, tboth)
+        n_types = max(n_types, n_t)
+    put("user_cooc_share", item_share)
+    put("user_anchor_baskets", n_items)
+    put("user_tcooc_share", type_share)
+    put("user_tcooc_count", type_count)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        put("user_tcooc_lift", np.where(X[:, _COL["type_share"]] > 0, type_share / X[:, _COL["type_share"]], np.nan))
+    put("user_anchor_type_baskets", n_types)
+
+
+def _mapped(data: RankerData, user: UserRow | None, codes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """1 where the row is the SKU a type-level signal goes to: the user's usual SKU of its
+    type when the user has one in stock, else the type's best seller."""
+    cat = data.catalogue
+    out = np.zeros(len(rows))
+    for j, (r, t) in enumerate(zip(rows.tolist(), codes.tolist())):
+        if t < 0:
+            continue
+        usual = user.usual_of_type.get(t) if user is not None else None
+        if usual is not None and cat.in_stock[usual]:
+            out[j] = float(usual == r)
+        else:
+            best = cat.best_of_type.get(t)
+            out[j] = float(best is not None and len(best) > 0 and int(best[0]) == r)
+    return out
 
 
 def _is_usual(user: UserRow, codes: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -350,7 +431,7 @@ class Ranker:
         pool = build_pool(self.data, ctx, self.cfg, allowed, nearest)
         rows = np.array(sorted(pool), dtype=np.int64)
         flags = [pool[r] for r in rows.tolist()]
-        X = features(self.data, ctx, rows, flags)
+        X = features(self.data, ctx, rows, flags, self.cfg)
         raw = self.model.raw(X)
         ids = self.data.catalogue.ids[rows].astype(str)
         order = np.lexsort((ids, -np.round(raw, 9)))
@@ -600,7 +681,7 @@ def _without_bundles(interactions: pd.DataFrame, extras: dict[str, pd.DataFrame]
 def _query_rows(q: Query, cfg: RankerConfig) -> tuple[np.ndarray, np.ndarray, dict[int, list[str]]]:
     pool = build_pool(q.data, q.ctx, cfg)
     rows = np.array(sorted(pool), dtype=np.int64)
-    X = features(q.data, q.ctx, rows, [pool[r] for r in rows.tolist()])
+    X = features(q.data, q.ctx, rows, [pool[r] for r in rows.tolist()], cfg)
     codes = q.data.catalogue.type_code[rows]
     sku = np.array([r in q.targets for r in rows.tolist()])
     typ = np.array([int(c) in q.target_types for c in codes.tolist()]) if q.graded else np.zeros(len(rows), bool)
@@ -610,7 +691,28 @@ def _query_rows(q: Query, cfg: RankerConfig) -> tuple[np.ndarray, np.ndarray, di
         y = np.where(sku & (codes == q.need_type), 2, np.where(sku | typ, 1, 0))
     else:
         y = np.where(sku, 2 if q.graded else 1, np.where(typ, 1, 0))
+    if cfg.one_row_per_type and q.graded:
+        keep = _type_representatives(X, codes)
+        X, y = X[keep], y[keep]
     return X, y, pool
+
+
+def _type_representatives(X: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Row positions to train on when the list is read by product type: per type, the one
+    SKU the ranker is likely to put first (the user's usual one, then the most bought by
+    the user, then the most popular); untyped rows all stay. Training on every SKU of a
+    wanted type would reward stacking five milks at the top, which a type-level list
+    counts once."""
+    usual = np.nan_to_num(X[:, _COL["usual_of_type"]], nan=0.0)
+    bought = np.nan_to_num(X[:, _COL["item_baskets"]], nan=0.0)
+    pop = np.nan_to_num(X[:, _COL["popularity"]], nan=0.0)
+    order = np.lexsort((-pop, -bought, -usual, codes))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = codes[order][1:] != codes[order][:-1]
+    keep = np.zeros(len(codes), dtype=bool)
+    keep[order[first]] = True
+    keep |= codes < 0
+    return np.flatnonzero(keep)
 
 
 def data_fingerprint(interactions: pd.DataFrame, products: pd.DataFrame, extras: dict[str, pd.DataFrame]) -> str:

@@ -1,8 +1,7 @@
 """Records that cross module boundaries.
 
 The catalogue and the interactions travel as pandas DataFrames with the columns below
-(92k products and 1.5M interactions are too many for one object per row); a single
-product that leaves the retrieval layer is a :class:`Product`.
+(92k products and 1.5M interactions are too many for one object per row).
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 from pydantic import BaseModel, Field, field_validator
 
-from .filters import mentions  # the one whole-word matcher (filters imports schema only for types)
+from .wording import mentions  # the one whole-word matcher, shared with the filters
 
 PRODUCT_COLUMNS: tuple[str, ...] = (
     "product_id",
@@ -54,21 +53,6 @@ def product_text(row: pd.Series | dict) -> str:
     if department and department.lower() not in title.lower():
         return f"{title} | {department.title()}"
     return title
-
-
-class Product(BaseModel):
-    product_id: str
-    title: str
-    category: str = ""
-    department: str = ""
-    product_type: str = ""
-    brand: str = ""
-    size: str = ""
-    price: float | None = None
-    margin_rate: float = 0.0
-    rating: float | None = None
-    in_stock: bool = True
-    popularity: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -414,6 +414,24 @@ def display_titles(df: pd.DataFrame, source: str = "completejourney") -> pd.Seri
 _DANGLING = frozenset({"and", "or", "with", "for", "of", "the", "a", "an", "&", "+", "to", "in", "on", "-", "·"})
 
 
+def cut_at_words(text: str, limit: int) -> str:
+    """The longest run of whole words of single-spaced ``text`` within ``limit``
+    characters, trailing ``,;:-&`` dropped; a first word longer than ``limit`` is cut.
+
+    The plain cut behind bundle names (:func:`assistant.compose.cut_words`) and mined
+    training names (:func:`assistant.llm.tuning.short_name`), which must stay within a
+    schema's character limit; :func:`short_name` is the display cut, which never cuts a
+    word and drops dangling connectors.
+    """
+    words, out = text.split(" "), ""
+    for w in words:
+        candidate = f"{out} {w}".strip()
+        if len(candidate) > limit:
+            break
+        out = candidate
+    return out.rstrip(",;:-&") or words[0][:limit]
+
+
 def short_name(text: str, limit: int = 40, ellipsis: str = "") -> str:
     """``text`` cut to at most ``limit`` characters at a word boundary, never mid-word.
 

@@ -17,19 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("assistant", "retrieval", "eval", "prompts")
 LAYER = {"retrieval": 0, "prompts": 0, "assistant": 1, "eval": 2, "app": 2}
 
-# Edges the architecture issue still has to remove, named so that nothing NEW can creep in:
-# the CLI runs eval's protocols (it should find them as a plugin), the facade and two of
-# its helpers import each other, and Constraints.excludes reaches back into the filters.
-OPEN_UPWARD = {
-    "assistant.cli -> eval.run",
-    "assistant.cli -> eval.scenarios",
-    "assistant.cli -> eval.tuning_data",
-}
-OPEN_CYCLES = {
-    frozenset({"retrieval.filters", "retrieval.schema"}),
-    frozenset({"assistant.service", "assistant.grouping"}),
-    frozenset({"assistant.service", "assistant.merchandiser"}),
-}
+# Known open edges, named so that nothing NEW can creep in; none are left (the CLI finds
+# eval's commands as an entry-point plugin, the whole-word matcher has its own module).
+# A temporary exception goes here, with the reason, until it is removed.
+OPEN_UPWARD: set[str] = set()
+OPEN_CYCLES: set[frozenset[str]] = set()
 
 
 def _module_name(path: Path) -> str:

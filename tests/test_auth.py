@@ -55,6 +55,23 @@ def test_sixth_wrong_guess_is_refused_with_a_delay_and_other_users_are_unaffecte
     assert "user merch" not in text and "10.0.0.1" not in text and "user pseudo(5)" in text
 
 
+def test_six_wrong_guesses_the_sixth_refused_with_a_delay_other_users_unaffected():
+    """The issue's words: six wrong guesses; the sixth is not even checked but refused with
+    a delay, while another user on another client signs in at once."""
+    clock = FakeClock()
+    g = gate(clock)
+    answers = []
+    for attempt in range(6):
+        answers.append(g.sign_in("merch", f"wrong {attempt}", client="10.0.0.9"))
+        clock.now += 1
+    assert all(a.message.startswith("Wrong user name or password") for a in answers[:5])
+    assert not any(a.retry_after_s for a in answers[:4])  # the fifth failure starts the delay (and says so)
+    sixth = answers[5]
+    assert not sixth.ok and sixth.token is None and sixth.retry_after_s > 0
+    assert "Too many failed sign-ins" in sixth.message
+    assert MerchGate(("other", "their secret"), throttle=g.throttle).sign_in("other", "their secret", "10.0.0.8").ok
+
+
 def test_delay_grows_and_ends():
     clock = FakeClock()
     g = gate(clock)

@@ -245,6 +245,32 @@ def test_a_refinement_chip_can_be_undone(page):
     assert {"under $25", "no dairy"} <= set(page.locator("#ba-understood .ba-chip").all_inner_texts())
 
 
+def test_raising_the_budget_shows_one_budget_chip_and_undoing_it_brings_the_old_one_back(page):
+    ask(page, "taco night for four")
+    question = say(page, "under $3")
+    assert question.startswith("Nothing fits under $3. Raise the budget to $")
+    suggestion = page.locator("#ba-suggestions button.ba-suggest", has_text="Raise the budget to $")
+    raise_to = suggestion.first.inner_text().strip()
+    new_chip = raise_to.replace("Raise the budget to ", "under ")
+    n, turn = bot_count(page), turn_of(page)
+    suggestion.first.click()
+    wait_answer(page, n)
+    settled(page, turn)
+    page.locator("#bundle-card-1 .ba-price").wait_for(state="visible")
+    undo = page.get_by_role("button", name=f"Undo “{new_chip}”", exact=True)
+    undo.wait_for(state="visible")
+    # exactly one budget chip on screen, with the new amount (the $3 one was replaced, not kept beside it)
+    chips = page.locator("button.ba-refine")
+    shown = [chips.nth(i).inner_text().replace("✕", "").strip() for i in range(chips.count()) if chips.nth(i).is_visible()]
+    assert [c for c in shown if c.startswith("under $")] == [new_chip]
+    n, turn = bot_count(page), turn_of(page)
+    undo.click()
+    wait_answer(page, n)
+    settled(page, turn)
+    page.get_by_role("button", name="Undo “under $3”", exact=True).wait_for(state="visible")
+    assert page.locator("#chat [data-testid=bot]").last.inner_text().startswith("Nothing fits under $3.")
+
+
 def test_a_vague_message_gets_a_question_with_suggestions(page):
     answer = say(page, "something for tonight")
     assert "?" in answer

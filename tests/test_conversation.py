@@ -59,6 +59,9 @@ def test_turn_streams_intro_then_cards_within_budget_and_exclusions(conv, cj_ass
     phases = [r.phase for r in replies]
     assert phases[0] == "thinking" and "intro" in phases and phases[-1] == "final"
     assert all(not r.bundles for r in replies if r.phase in ("thinking", "intro"))  # text first
+    # the first update already says what was understood, before any model runs
+    assert replies[0].text.startswith("Looking for ") and "under $15" in replies[0].text
+    assert all(label in replies[0].text for label in replies[0].understood)
     intro = next(r for r in replies if r.phase == "intro")
     assert intro.text == fallback_intro(intro.understood) and intro.intro_source == "fallback"
     reply = replies[-1]

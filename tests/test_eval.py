@@ -24,6 +24,20 @@ BUNDLEREC_CSVS = ("bundle_item.csv", "bundle_intent.csv", "session_item.csv", "s
 # --- splits: no test case can reach the training data -------------------------------------
 
 
+def without_test_weeks(ds: P.Dataset, raw: pd.DataFrame, seed: int) -> list[tuple[P.Dataset, pd.DataFrame]]:
+    """Two worlds that differ from ``ds`` only after week ``CJ_TRAIN_WEEKS``: one with the
+    test weeks scrambled (other products, 10x prices), one with them deleted."""
+    after = ds.interactions["week"] > P.CJ_TRAIN_WEEKS
+    scrambled = ds.interactions.copy()
+    rng = np.random.default_rng(seed)
+    scrambled.loc[after, "product_id"] = rng.permutation(ds.products["product_id"].to_numpy())[: after.sum()]
+    raw_after = raw["week"] > P.CJ_TRAIN_WEEKS
+    raw_scrambled = raw.copy()
+    raw_scrambled.loc[raw_after, "sales_value"] *= 10
+    return [(P.Dataset(ds.name, ds.products, scrambled, ds.users, [], {}), raw_scrambled),
+            (P.Dataset(ds.name, ds.products, ds.interactions[~after], ds.users, [], {}), raw[~raw_after])]
+
+
 def test_cj_training_part_ignores_everything_in_the_test_weeks(cj_slice) -> None:
     users = set(cj_slice.interactions["user_id"])
     raw = P.cj_raw_transactions(users)
@@ -33,18 +47,9 @@ def test_cj_training_part_ignores_everything_in_the_test_weeks(cj_slice) -> None
     assert set(train.products["product_id"]) == set(train.interactions["product_id"])
 
     # Scramble the test weeks (other products, 10x prices) and delete them: nothing moves.
-    test = cj_slice.interactions["week"] > P.CJ_TRAIN_WEEKS
-    shuffled = cj_slice.interactions.copy()
-    rng = np.random.default_rng(1)
-    shuffled.loc[test, "product_id"] = rng.permutation(cj_slice.products["product_id"].to_numpy())[: test.sum()]
-    raw_test = raw["week"] > P.CJ_TRAIN_WEEKS
-    raw_scrambled = raw.copy()
-    raw_scrambled.loc[raw_test, "sales_value"] *= 10
-    scrambled = P.Dataset(cj_slice.name, cj_slice.products, shuffled, cj_slice.users, [], {})
-    deleted = P.Dataset(cj_slice.name, cj_slice.products, cj_slice.interactions[~test], cj_slice.users, [], {})
     expected = P.train_fingerprint(train)
-    assert P.train_fingerprint(P.cj_train(scrambled, raw_scrambled)) == expected
-    assert P.train_fingerprint(P.cj_train(deleted, raw[~raw_test])) == expected
+    for world, world_raw in without_test_weeks(cj_slice, raw, seed=1):
+        assert P.train_fingerprint(P.cj_train(world, world_raw)) == expected
 
     assert split.cases, "the slice should hold at least one eligible test basket"
     train_baskets = set(train.interactions["basket_id"])

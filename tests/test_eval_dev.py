@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from test_eval import _bundles_and_sessions, _write_without
+from test_eval import _bundles_and_sessions, _write_without, without_test_weeks
 
 from eval import protocols as P
 
@@ -34,19 +33,7 @@ def test_cj_dev_split_is_weeks_39_to_44_and_blind_to_the_test_weeks(cj_slice) ->
     assert not {c.case_id for c in dev.cases} & {c.case_id for c in test.cases}
 
     # Scramble the test weeks (other products, 10x prices), then delete them: nothing moves.
-    after = cj_slice.interactions["week"] > P.CJ_TRAIN_WEEKS
-    scrambled_tx = cj_slice.interactions.copy()
-    rng = np.random.default_rng(3)
-    scrambled_tx.loc[after, "product_id"] = rng.permutation(cj_slice.products["product_id"].to_numpy())[: after.sum()]
-    raw_after = raw["week"] > P.CJ_TRAIN_WEEKS
-    raw_scrambled = raw.copy()
-    raw_scrambled.loc[raw_after, "sales_value"] *= 10
-    worlds = [
-        (P.Dataset(cj_slice.name, cj_slice.products, scrambled_tx, cj_slice.users, [], {}), raw_scrambled),
-        (P.Dataset(cj_slice.name, cj_slice.products, cj_slice.interactions[~after], cj_slice.users, [], {}),
-         raw[~raw_after]),
-    ]
-    for world, world_raw in worlds:
+    for world, world_raw in without_test_weeks(cj_slice, raw, seed=3):
         again = P.cj_dev(world, world_raw, seed=0, n_cases=None)
         assert P.train_fingerprint(again.train) == P.train_fingerprint(dev.train)
         assert _case_keys(again) == _case_keys(dev)

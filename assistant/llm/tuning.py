@@ -27,7 +27,6 @@ import json
 import math
 import os
 import random
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -37,6 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+from retrieval.gitstate import git_state
+from retrieval.titles import cut_at_words
 
 from .adapter import domain_of, items_key, split_keys
 
@@ -98,14 +100,7 @@ def compact(obj: Any) -> str:
 
 def short_name(text: str, limit: int = NAME_MAX) -> str:
     """An intent as a short name: one line, no trailing punctuation, cut at a word."""
-    words = " ".join(str(text).split()).strip(" .,;:!-").split(" ")
-    out = ""
-    for w in words:
-        candidate = f"{out} {w}".strip()
-        if len(candidate) > limit:
-            break
-        out = candidate
-    return out.rstrip(",;:-&") or words[0][:limit]
+    return cut_at_words(" ".join(str(text).split()).strip(" .,;:!-"), limit)
 
 
 # --- mining: BundleRec ---------------------------------------------------------------
@@ -531,14 +526,8 @@ def train_lora(
 
 
 def git_commit(repo: Path | None = None) -> str:
-    repo = repo or Path(__file__).resolve().parents[2]
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=20).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    """The adapter card's commit: ``<sha>``, ``<sha>+dirty`` or ``unknown``."""
+    head, dirty = git_state(repo)
     return (head + ("+dirty" if dirty else "")) if head else "unknown"
 
 

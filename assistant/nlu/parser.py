@@ -58,6 +58,7 @@ from assistant.constraints import (
     _REPLACE_NEED_RE,
     _RESET_RE,
     _SMALLER_RE,
+    _Text,
     clean_query,
     sanitize_message,
     singular,
@@ -190,23 +191,6 @@ def number(token: str) -> int | None:
 # ---------------------------------------------------------------------------------------
 # The message being consumed
 # ---------------------------------------------------------------------------------------
-
-
-class _Text:
-    """The folded message; each recognised phrase is cut out (replaced by " , " so the
-    words either side never join) and what is left becomes the free text."""
-
-    def __init__(self, text: str):
-        self.s = text
-
-    def take(self, pattern: re.Pattern[str]) -> list[re.Match[str]]:
-        found = list(pattern.finditer(self.s))
-        self.cut(found)
-        return found
-
-    def cut(self, matches: Iterable[re.Match[str]]) -> None:
-        for m in sorted(matches, key=lambda m: m.start(), reverse=True):
-            self.s = self.s[: m.start()] + " , " + self.s[m.end():]
 
 
 # Lines the shopper did not write: prompt-injection markers. Their text is set aside.

@@ -6,12 +6,18 @@ A refinement is an operation on the :class:`~assistant.nlu.need.Need`, never a n
 ================  =====================================================================
 move              rule (applied by :func:`apply_move`; resolved once by :func:`resolve`)
 ================  =====================================================================
-``add_role``      "add a drink / dessert / X": X joins ``Need.add_roles`` (and leaves
-                  ``exclude`` if it was there).
+``add_role``      "add a drink / dessert / X", "more protein" / "extra cheese", and, with a
+                  need under way, "and a dessert" / "also some chips": X joins
+                  ``Need.add_roles`` (and leaves ``exclude`` if it was there).
 ``without``       "without X" / "no X" / "sin X": X joins ``Need.exclude`` (and leaves
                   ``add_roles``/``include``); the shown items that mention X are listed in
                   :attr:`SessionState.excluded_products`, so their role is filled by
-                  another product, not dropped.
+                  another product, not dropped. A word that names a diet rule ("no dairy")
+                  carries that diet in the same step: one chip, removed as one.
+``swap``          "swap the X" / "replace the X" / "a different X": the shown items that
+                  mention X join :attr:`SessionState.excluded_products`; X as a kind stays
+                  allowed, so another salsa (or a hot sauce) fills the role. With no X on
+                  screen it acts as ``without``. "swap the X for Y" is "Y instead of X".
 ``cheaper``       keeps every role and lowers the budget to ``CHEAPER_FACTOR`` (0.8) x the
                   price of the top bundle last shown (or of the current budget when it is
                   lower); with neither a shown price nor a budget it cannot act and says so.
@@ -32,7 +38,9 @@ move              rule (applied by :func:`apply_move`; resolved once by :func:`r
                   until the next change (as before).
 ================  =====================================================================
 
-Every applied move is a :class:`Step` with a :class:`Chip`. "undo" drops the last step
+Every applied move is a :class:`Step` with a :class:`Chip`. Of the steps that set one value
+(the budget: ``cheaper``/``budget``; the head count: ``rescale``) only the latest chip shows;
+removing it brings the one before back. "undo" drops the last step
 (or returns to the previous topic); :func:`remove_chip` drops any one and replays the rest
 from the topic's base need; "start over" / Clear returns :func:`reset` (the caller also
 clears feedback and what was shown). Values that depend on the screen (the cheaper budget,
@@ -55,10 +63,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from retrieval.filters import rule_for_word
+
 from .need import Need
 
 MoveKind = Literal["add_role", "without", "include", "cheaper", "healthier", "rescale", "budget", "diet",
-                   "more_like"]
+                   "more_like", "swap"]
 TurnKind = Literal["new_need", "refine", "undo", "remove_chip", "reset", "none"]
 
 CHEAPER_FACTOR = 0.8  # "cheaper": 20% under the top bundle shown last
@@ -67,6 +77,9 @@ MIN_BUDGET = 0.5
 MAX_SERVINGS = 1000
 MAX_TOPICS = 20  # earlier topics kept for "undo"
 HEALTHIER_DIET = "low-sugar"
+SWAP_SUBSTRING_MIN = 4  # "swap the X": X of 4+ letters may match inside a run-together catalogue word
+# Moves that set one value of the need: a later one replaces an earlier one (one chip shows).
+_REPLACES: dict[str, str] = {"cheaper": "budget", "budget": "budget", "rescale": "servings"}
 
 # --- words ------------------------------------------------------------------------------
 
@@ -87,6 +100,7 @@ _SPANISH_ITEMS = {
     "cebolla": "onion", "bebida": "drink", "bebidas": "drink", "postre": "dessert", "postres": "dessert",
     "refresco": "soda", "refrescos": "soda", "pan": "bread", "arroz": "rice", "gluten": "gluten",
 }
+_IE_WORDS = frozenset("veggie cookie brownie smoothie movie pie rotisserie calorie goodie".split())
 # Two-word items kept whole after "no"/"without"/"add".
 _PAIRS = frozenset({"ice cream", "sour cream", "peanut butter", "soft drink", "soft drinks", "hot dog",
                     "hot dogs", "hot sauce", "red meat", "tree nuts", "cream cheese", "orange juice"})
@@ -115,8 +129,31 @@ _ADD_RE = re.compile(
     rf"unos|unas|algo de|algún|alguna)\s+)?(?P<x>{_ITEMS})", re.IGNORECASE)
 _WITHOUT_RE = re.compile(
     rf"\b(?:without|w/o|no|sin|minus|hold the|skip(?: the)?|remove(?: the)?|drop(?: the)?|take out(?: the)?|"
-    rf"lose the|swap(?: out)?(?: the)?|replace(?: the)?|get rid of(?: the)?|quita(?:r)?(?: el| la)?)\s+"
+    rf"lose the|get rid of(?: the)?|quita(?:r)?(?: el| la)?)\s+"
     rf"(?:(?:the|any|el|la|los|las)\s+)?(?P<x>{_ITEMS})", re.IGNORECASE)
+# "swap the salsa", "replace the cheese", "a different salsa", "cambia la salsa": that shown item goes, its
+# role is filled by another product (another salsa, or hot sauce); "swap the beef for chicken" is
+# "chicken instead of beef" (read by _instead_moves first)
+_SWAP_RE = re.compile(
+    rf"\b(?:swap(?: out)?|switch(?: out)?|replace|change|exchange|cambia(?:r)?|reemplaza(?:r)?)\s+"
+    rf"(?:the\s+|that\s+|this\s+|el\s+|la\s+|los\s+|las\s+)?(?P<x>{_ITEMS})"
+    rf"|\b(?:a |an )?(?:different|another|other) (?P<y>{_ITEM})", re.IGNORECASE)
+_SWAP_FOR_RE = re.compile(
+    rf"\b(?:swap(?: out)?|switch(?: out)?|replace|change|exchange|trade)\s+(?:the\s+|that\s+)?(?P<y>{_ITEM})"
+    rf"\s+(?:for|with|to|by|into)\s+(?:a\s+|an\s+|some\s+|the\s+)?(?P<x>{_ITEM})", re.IGNORECASE)
+# "more protein", "extra cheese", "a bit more veggies": more of a kind, as a role of its own
+_MORE_RE = re.compile(
+    rf"(?:^|\b(?:and|with|plus|but|want|need|me|us|some|bit|little|lot|lots of|add|also)\s+)(?:more|extra)\s+"
+    rf"(?P<x>{_ITEMS})", re.IGNORECASE)
+# Words after "more" that are another move or no item ("more food", "more options", "more than $5")
+_NOT_MORE = frozenset("""
+food of like similar than affordable healthy nutritious variety people servings guests portions bundles bundle
+options option choices ideas stuff things please expensive money filling
+""".split())
+# "and a dessert", "also some chips", "and drinks too": with a need under way, one more role
+_AND_RE = re.compile(
+    rf"^\s*(?:and|also|and also|oh and|&)\s+(?:(?:a|an|some|un|una|unos|unas)\s+(?P<x>{_ITEMS})"
+    rf"|(?P<y>{_ITEM})\s+(?:too|as well|also)\s*[.!]*$)", re.IGNORECASE)
 # "with guacamole", "plus some chips", "con aguacate": an item the bundle must have
 _WITH_RE = re.compile(rf"^\s*(?:and\s+)?(?:with|plus|con)\s+(?:(?:a|an|some|the|more|un|una)\s+)?(?P<x>{_ITEMS})",
                       re.IGNORECASE)
@@ -171,6 +208,8 @@ def _singular(word: str) -> str:
     w = word.lower()
     if w in _PAIRS:
         return w.removesuffix("s") if w.endswith("drinks") or w.endswith("dogs") else w
+    if w.endswith("ies") and w[:-1] in _IE_WORDS:
+        return w[:-1]  # "veggies", "cookies": not "veggy"
     if w.endswith("ies") and len(w) > 4:
         return w[:-3] + "y"
     if w.endswith(("ches", "shes", "oes")) and len(w) > 4:
@@ -221,7 +260,8 @@ class Move(BaseModel, frozen=True):
     servings: int | None = None  # rescale: the new head count
     factor: float | None = None  # rescale said as "bigger" / "double": resolved into servings
     bundle: int | None = None  # more_like: 1-based rank as shown (-1: the last one)
-    product_ids: tuple[str, ...] = ()  # without: shown items removed; more_like: the anchors
+    product_ids: tuple[str, ...] = ()  # without / swap: shown items removed; more_like: the anchors
+    diet: str | None = None  # without: the diet rule the word names ("dairy" -> dairy-free), one chip for both
 
 
 class Chip(BaseModel, frozen=True):
@@ -283,9 +323,13 @@ class SessionState(BaseModel, frozen=True):
 
     @property
     def chips(self) -> list[Chip]:
-        """The chips to show. A "more like" chip shows only while it is the last change."""
+        """The chips to show. A "more like" chip shows only while it is the last change; of
+        the steps that set one value (the budget, the head count) only the latest shows, since
+        it replaced the others: removing it brings the one before back."""
+        latest = {_REPLACES.get(s.move.kind): i for i, s in enumerate(self.steps) if s.move.kind in _REPLACES}
         return [s.chip for i, s in enumerate(self.steps)
-                if s.move.kind != "more_like" or i == len(self.steps) - 1]
+                if (s.move.kind != "more_like" or i == len(self.steps) - 1)
+                and (s.move.kind not in _REPLACES or latest[_REPLACES[s.move.kind]] == i)]
 
     @property
     def anchor_ids(self) -> tuple[str, ...]:
@@ -294,10 +338,10 @@ class SessionState(BaseModel, frozen=True):
 
     @property
     def excluded_products(self) -> tuple[str, ...]:
-        """Shown items removed by "without X" steps: their roles are filled another way."""
+        """Shown items removed by "without X" and "swap the X" steps: their roles are filled another way."""
         out: dict[str, None] = {}
         for s in self.steps:
-            if s.move.kind == "without":
+            if s.move.kind in ("without", "swap"):
                 out.update(dict.fromkeys(s.move.product_ids))
         return tuple(out)
 
@@ -353,6 +397,9 @@ def detect_moves(text: str) -> list[Move]:
     for m in _ADD_RE.finditer(s):
         moves += [Move(kind="add_role", term=item) for item in _items(m.group("x"))]
     s = _instead_moves(s, moves)
+    s = _swap_moves(s, moves)
+    for m in _MORE_RE.finditer(s):
+        moves += [Move(kind="add_role", term=item) for item in _items(m.group("x")) if item not in _NOT_MORE]
     for m in _WITH_RE.finditer(s):
         moves += [Move(kind="include", term=item) for item in _items(m.group("x")) if item not in _NOT_INCLUDED]
     for m in _WITHOUT_RE.finditer(s):
@@ -392,6 +439,46 @@ def _instead_moves(s: str, moves: list[Move]) -> str:
     return _INSTEAD_OF_RE.sub(read, _INSTEAD_RE.sub(read, s))
 
 
+def _swap_moves(s: str, moves: list[Move]) -> str:
+    """Append "swap the X" moves (and "swap X for Y" as "Y instead of X"); return ``s``
+    without the spans read."""
+    def read_for(m: re.Match[str]) -> str:
+        x, y = _item(m.group("x")), _item(m.group("y"))
+        if not x or not y or x in _NOT_INCLUDED:
+            return m.group(0)
+        moves.extend([Move(kind="include", term=x), Move(kind="without", term=y)])
+        return " , "
+
+    def read(m: re.Match[str]) -> str:
+        items = _items(m.group("x")) if m.group("x") else [i for i in [_item(m.group("y"))] if i]
+        found = [Move(kind="swap", term=i) for i in items if i not in _NOT_INCLUDED and i not in _NOT_MORE]
+        moves.extend(found)
+        return " , " if found else m.group(0)
+
+    return _SWAP_RE.sub(read, _SWAP_FOR_RE.sub(read_for, s))
+
+
+def and_moves(text: str) -> list[Move]:
+    """"and a dessert", "also some chips": added roles. Only the session knows whether a
+    need is under way, so :func:`handle` reads these only then (alone, "and a dessert" is
+    a dessert request)."""
+    m = _AND_RE.match(" ".join((text or "").lower().split()))
+    if m is None:
+        return []
+    items = _items(m.group("x")) if m.group("x") else [i for i in [_item(m.group("y"))] if i]
+    return [Move(kind="add_role", term=i) for i in items if i not in _NOT_INCLUDED and i not in _NOT_MORE]
+
+
+def _with_diets(moves: Sequence[Move]) -> list[Move]:
+    """"no dairy" is one change: the exclusion carries the diet rule its word names
+    (dairy -> dairy-free) and that diet gets no step of its own, so one chip says it and
+    removing that chip lifts both."""
+    out = [m.model_copy(update={"diet": rule_for_word(m.term)})
+           if m.kind == "without" and m.term and m.diet is None and rule_for_word(m.term) else m for m in moves]
+    carried = {m.diet for m in out if m.kind == "without" and m.diet}
+    return [m for m in out if not (m.kind == "diet" and m.term in carried)]
+
+
 def moves_from_parse(parsed: Need, current: Need) -> list[Move]:
     """The parser's structured reading of a follow-up as moves on ``current``: a new
     budget, servings, diets, exclusions and added roles it found."""
@@ -415,7 +502,7 @@ def _dedupe(moves: Iterable[Move]) -> list[Move]:
     out: list[Move] = []
     seen: set[tuple[str, str | None]] = set()
     for m in moves:
-        key = (m.kind, m.term if m.kind in ("add_role", "without", "include", "diet") else None)
+        key = (m.kind, m.term if m.kind in ("add_role", "without", "include", "diet", "swap") else None)
         if key not in seen:
             seen.add(key)
             out.append(m)
@@ -434,6 +521,14 @@ def _money(value: float) -> str:
     return f"${value:.0f}" if abs(value - round(value)) < 0.005 else f"${value:.2f}"
 
 
+def _shown_hits(shown: Shown, term: str, inside_words: bool = False) -> tuple[str, ...]:
+    """The shown items whose text mentions ``term`` (as a word, or anywhere with ``inside_words``)."""
+    def hit(text: str) -> bool:
+        return term.lower() in text.lower() if inside_words else _mentions(text, term)
+
+    return tuple(dict.fromkeys(pid for ids in shown.bundle_items for pid in ids if hit(shown.item_text.get(pid, ""))))
+
+
 def resolve(move: Move, need: Need, shown: Shown | None = None) -> tuple[Move | None, str | None]:
     """``move`` with its screen-dependent values filled in, or (None, why) when it cannot act."""
     shown = shown or Shown()
@@ -448,10 +543,15 @@ def resolve(move: Move, need: Need, shown: Shown | None = None) -> tuple[Move | 
         factor = move.factor or BIGGER_FACTOR
         n = max(people + 1, math.ceil(people * factor)) if factor > 1 else max(1, math.floor(people * factor))
         return move.model_copy(update={"servings": min(n, MAX_SERVINGS), "factor": None}), None
-    if move.kind == "without" and move.term:
-        hits = tuple(pid for ids in shown.bundle_items for pid in ids
-                     if _mentions(shown.item_text.get(pid, ""), move.term))
-        return move.model_copy(update={"product_ids": tuple(dict.fromkeys(hits))}), None
+    if move.kind in ("without", "swap") and move.term:
+        hits = _shown_hits(shown, move.term)
+        if move.kind == "swap" and not hits and len(move.term) >= SWAP_SUBSTRING_MIN:
+            # catalogue types run words together ("MEXICAN SAUCESSALSAPICANTEE"); a swap only
+            # touches what is on screen, so a looser match costs at most an extra swapped item
+            hits = _shown_hits(shown, move.term, inside_words=True)
+        if move.kind == "swap" and not hits:  # nothing on screen to swap: leave the kind out instead
+            return move.model_copy(update={"kind": "without", "diet": rule_for_word(move.term)}), None
+        return move.model_copy(update={"product_ids": hits}), None
     if move.kind == "more_like":
         index = move.bundle or 0
         if index == -1:
@@ -476,6 +576,8 @@ def apply_move(need: Need, move: Move) -> Need:
         update["exclude"] = list(dict.fromkeys([*need.exclude, term]))
         update["add_roles"] = [r for r in need.add_roles if r != term]
         update["include"] = [i for i in need.include if i != term]
+        if move.diet:
+            update["diets"] = list(dict.fromkeys([*need.diets, move.diet]))
     elif move.kind in ("cheaper", "budget") and move.budget is not None:
         update["budget"] = move.budget
     elif move.kind == "healthier":
@@ -493,6 +595,8 @@ def chip_label(move: Move) -> str:
         return f"+ {move.term}"
     if move.kind == "without":
         return f"no {move.term}"
+    if move.kind == "swap":
+        return f"other {move.term}"
     if move.kind == "include":
         return f"with {move.term}"
     if move.kind in ("cheaper", "budget"):
@@ -534,14 +638,14 @@ def refine(state: SessionState, moves: Sequence[Move], shown: Shown | None = Non
     applied: list[Move] = []
     notes: list[str] = []
     need = state.need
-    for move in moves:
+    for move in _with_diets(moves):
         resolved, why = resolve(move, need, shown)
         if resolved is None:
             if why:
                 notes.append(why)
             continue
         after = apply_move(need, resolved)
-        if after == need and resolved.kind != "more_like":
+        if after == need and resolved.kind not in ("more_like", "swap"):
             continue
         steps.append(Step(chip=Chip(id=next_chip, kind=resolved.kind, label=chip_label(resolved)), move=resolved))
         next_chip += 1
@@ -582,7 +686,8 @@ _FILLER = frozenset("""
 make it that this them those these one ones please pls instead now too also and but then so just can could
 would you i we me us want need like let's lets do have get give show it's something some thing things
 more less with for the a an to of on in again ok okay yes no hey hi thanks por favor hazlo quiero
-""".split())
+raise increase bump up lower go budget spend spending limit cap max total sure fine let allow
+""".split())  # the second line: "raise the budget to $16" answers the budget question, it names no topic
 
 
 def _has_topic(parsed: Need) -> bool:
@@ -594,6 +699,8 @@ def _has_topic(parsed: Need) -> bool:
     return any(w not in _FILLER for w in re.findall(r"[a-záéíóúñ']+", parsed.text.lower()))
 
 
+_MORE_LEAD = re.compile(r"^\s*(?:(?:and|but|also|with|plus)\s+)?(?:(?:some|a bit|a little|a lot|lots)\s+)?"
+                        r"(?:more|extra)\s+(?!like\b|similar\b|than\b)", re.IGNORECASE)
 _ADD_LEAD = re.compile(r"^\s*(?:please\s+)?(?:(?:also\s+)?add|throw in|añade|añadir|agrega|agregar)\b", re.IGNORECASE)
 
 
@@ -619,6 +726,8 @@ def handle(state: SessionState, text: str, parsed: Need | None = None, shown: Sh
         return Turn(state=fresh, kind="reset", reset=True)
 
     said = detect_moves(text)
+    continued = and_moves(text) if state.base is not None and not (parsed and parsed.diets) else []
+    said = _dedupe([*said, *continued])
     current = state.need
     if parsed is None:
         return refine(state, said, shown) if said else Turn(state=state, kind="none")
@@ -626,8 +735,8 @@ def handle(state: SessionState, text: str, parsed: Need | None = None, shown: Sh
     # under way, not a new topic
     named = {m.term for m in said if m.term} | set(parsed.add_roles) | set(parsed.exclude)
     new_occasion = bool(parsed.occasion) and parsed.occasion != current.occasion and parsed.occasion not in named
-    if state.base is not None and _ADD_LEAD.match(text or ""):
-        new_occasion = False  # "add coffee" adds to the meal under way; it never starts "office coffee"
+    if state.base is not None and (_ADD_LEAD.match(text or "") or continued or _MORE_LEAD.match(text or "")):
+        new_occasion = False  # "add coffee", "and a dessert", "more protein" add to the meal under way
     if state.base is None or new_occasion:
         return _as_new_topic(state, parsed, said, shown)
     from_parse = moves_from_parse(parsed, current)

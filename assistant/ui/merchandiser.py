@@ -13,7 +13,6 @@ follows the theme; a value typed there wins over the theme's words. Editing the 
 resets the fields the theme had filled, so a new "margin at least 40%" is read afresh.
 """
 
-import os
 import re
 import tempfile
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from retrieval.config import OBJECTIVE_COMPONENTS, ObjectiveConfig
+from retrieval.config import OBJECTIVE_COMPONENTS, ObjectiveConfig, env_settings
 from retrieval.schema import Constraints
 
 from ..auth import LoginThrottle, MerchGate
@@ -43,7 +42,10 @@ FRONTIER_COLORS = {"chosen idea": "#047857", "Pareto-optimal": "#2563eb", "other
 
 
 def merch_credentials_from_env() -> tuple[str, str] | None:
-    user, password = os.environ.get(MERCH_USER_ENV, ""), os.environ.get(MERCH_PASSWORD_ENV, "")
+    """The merchandiser sign-in from the one settings object (``BUNDLE_MERCH_USER`` and
+    ``BUNDLE_MERCH_PASSWORD``); None, and the tab off, unless both are set."""
+    env = env_settings()
+    user, password = env.merch_user, env.merch_password
     return (user, password) if user and password else None
 
 

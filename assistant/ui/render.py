@@ -156,7 +156,7 @@ def understood_html(reply: Reply | None, turn: int = 0) -> str:
 def chat_markdown(reply: Reply) -> str:
     """The assistant's chat message: the intro (or question), one line per bundle, quiet notes."""
     if reply.phase == "thinking":
-        return "…"
+        return f"*{md(reply.text)}*" if reply.text else "…"
     lines = [md(reply.text)] if reply.text else []
     for b in reply.bundles:
         saving = f" (save {money(b.savings)})" if b.savings else ""
