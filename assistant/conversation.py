@@ -386,7 +386,7 @@ def intro_messages(request: str) -> list[dict[str, str]]:
 
 
 def stream_intro(llm: Any, request: str, timeout_s: float = INTRO_TIMEOUT_S,
-                 max_new_tokens: int = INTRO_MAX_TOKENS) -> Iterator[str]:
+                 max_new_tokens: int = INTRO_MAX_TOKENS, stop: Callable[[], bool] | None = None) -> Iterator[str]:
     """Yield the intro so far (cumulative text), one sentence at most.
 
     Raises ValueError when the model's text is unusable (a refusal, numbers, prices,
@@ -399,6 +399,8 @@ def stream_intro(llm: Any, request: str, timeout_s: float = INTRO_TIMEOUT_S,
     try:
         for chunk in stream:
             text += chunk
+            if stop is not None and stop() and not _SENTENCE_END.search(text):
+                raise ValueError("the bundles were ready first")
             if _BAD_INTRO.search(text):
                 raise ValueError(f"unusable intro: {text!r}")
             complete = _SENTENCE_END.search(text) is not None
@@ -839,7 +841,9 @@ class Conversation:
         try:
             first: Future[tuple[Retrieved, Recommendation]] = pool.submit(self._recommend, search, fb, profile)
             intro, source = "", ""
-            for intro, source in self._intro(search.intro_request, base["understood"], search):
+            # the cards never wait for the model's sentence: once the rule bundles are
+            # ready, an unfinished intro gives way to the fixed one (first card <= 2 s)
+            for intro, source in self._intro(search.intro_request, base["understood"], search, stop=first.done):
                 yield Reply(phase="intro", text=intro, intro_source=source, **base)  # type: ignore[arg-type]
             try:
                 retrieved, rec = first.result()
@@ -901,7 +905,8 @@ class Conversation:
         except Exception:  # a model that cannot load: the service notes the fallback
             return False
 
-    def _intro(self, text: str, understood: list[str], search: _Search | None = None) -> Iterator[tuple[str, str]]:
+    def _intro(self, text: str, understood: list[str], search: _Search | None = None,
+               stop: Callable[[], bool] | None = None) -> Iterator[tuple[str, str]]:
         """(intro so far, "llm" or "fallback"). While the cards are not known yet, the
         streamed text already passes every grounding rule but "unshown" (checked with the
         cards, in :meth:`_show`): a sentence about the assistant, a price or an echo of
@@ -916,7 +921,7 @@ class Conversation:
             if _llm_busy(llm):
                 yield fallback
                 return
-            for intro in stream_intro(llm, text, timeout_s=self.intro_timeout_s):
+            for intro in stream_intro(llm, text, timeout_s=self.intro_timeout_s, stop=stop):
                 if any(check_sentence(s, ctx) not in (None, "unshown") for s in split_sentences(intro)):
                     raise ValueError(f"ungrounded intro: {intro!r}")
                 yield intro, "llm"

@@ -257,12 +257,6 @@ class UserRow:
     median_price: float  # NaN when unknown
     preference: np.ndarray | None = None  # decayed mean embedding of the user's items
     usual_of_type: dict[int, int] = field(default_factory=dict)  # type code -> most bought row
-    # the user's baskets' contents, flat: each (basket number, row) and (basket number, type)
-    # pair once — what the user buys *together* (personal co-occurrence with the anchors)
-    basket_of_item: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    basket_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    basket_of_type: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    basket_types: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def lookup(self, rows: np.ndarray) -> np.ndarray:
         """item stats for ``rows`` (zeros and NaN days where never bought)."""
@@ -270,22 +264,6 @@ class UserRow:
 
     def lookup_types(self, codes: np.ndarray) -> np.ndarray:
         return _lookup(self.types, self.type_stats, codes)
-
-    def together(self, anchor: int, want: np.ndarray, level: str = "type") -> tuple[float, np.ndarray]:
-        """(the user's baskets holding ``anchor``, and for each of ``want`` how many of
-        those baskets also hold it), at type level (type codes) or item level (rows)."""
-        of, keys = (self.basket_of_type, self.basket_types) if level == "type" else (self.basket_of_item,
-                                                                                      self.basket_items)
-        hits = np.unique(of[keys == anchor])
-        if not len(hits) or anchor < 0:
-            return 0.0, np.zeros(len(want))
-        inside = keys[np.isin(of, hits)]
-        found, counts = np.unique(inside, return_counts=True)
-        out = np.zeros(len(want))
-        at = np.minimum(np.searchsorted(found, want), len(found) - 1)
-        hit = (found[at] == want) & (want >= 0)
-        out[hit] = counts[at[hit]]
-        return float(len(hits)), out
 
 
 def _lookup(keys: np.ndarray, stats: np.ndarray, want: np.ndarray) -> np.ndarray:
@@ -312,14 +290,6 @@ class UserHistory:
     type_cols: np.ndarray
     type_stats: np.ndarray
     users: np.ndarray  # (n_users, 4): baskets, first day, last day, median price
-    # per user, the (basket number, row) and (basket number, type) pairs of their baskets
-    # (an older history file has none: personal co-occurrence is then 0)
-    pair_ptr: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
-    pair_basket: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    pair_row: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    tpair_ptr: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
-    tpair_basket: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    tpair_type: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @classmethod
     def empty(cls) -> UserHistory:
@@ -347,11 +317,8 @@ class UserHistory:
         i_ptr, i_cols, i_stats = _per_key(tx, "row", ucode, len(keys))
         typed = tx[tx["type"] >= 0].drop_duplicates(["user", "basket", "type"])  # a type counts once a basket
         t_ptr, t_cols, t_stats = _per_key(typed, "type", ucode, len(keys))
-        p_ptr, p_basket, p_row = _pairs(tx, "row", ucode, len(keys))
-        q_ptr, q_basket, q_type = _pairs(typed, "type", ucode, len(keys))
         return cls(keys, i_ptr, i_cols, i_stats, t_ptr, t_cols, t_stats,
-                   users[["n", "first", "last", "price"]].to_numpy(dtype=np.float64),
-                   p_ptr, p_basket, p_row, q_ptr, q_basket, q_type)
+                   users[["n", "first", "last", "price"]].to_numpy(dtype=np.float64))
 
     def row(self, key: str | None, catalogue: CatalogueArrays) -> UserRow | None:
         if key is None or not len(self.keys):
@@ -364,12 +331,6 @@ class UserHistory:
         n, first, last, price = self.users[i]
         row = UserRow(self.item_cols[lo:hi], self.item_stats[lo:hi], self.type_cols[tlo:thi],
                       self.type_stats[tlo:thi], n, first, last, price)
-        if i + 1 < len(self.pair_ptr):
-            plo, phi = self.pair_ptr[i], self.pair_ptr[i + 1]
-            row.basket_of_item, row.basket_items = self.pair_basket[plo:phi], self.pair_row[plo:phi]
-        if i + 1 < len(self.tpair_ptr):
-            qlo, qhi = self.tpair_ptr[i], self.tpair_ptr[i + 1]
-            row.basket_of_type, row.basket_types = self.tpair_basket[qlo:qhi], self.tpair_type[qlo:qhi]
         items, stats = row.items, row.item_stats
         codes = catalogue.type_code[items]
         order = np.lexsort((catalogue.ids[items].astype(str), -stats[:, 3], -stats[:, 0], codes))
@@ -385,17 +346,13 @@ class UserHistory:
     def save(self, path) -> None:
         np.savez(path, keys=self.keys.astype(str), item_ptr=self.item_ptr, item_cols=self.item_cols,
                  item_stats=self.item_stats, type_ptr=self.type_ptr, type_cols=self.type_cols,
-                 type_stats=self.type_stats, users=self.users, pair_ptr=self.pair_ptr, pair_basket=self.pair_basket,
-                 pair_row=self.pair_row, tpair_ptr=self.tpair_ptr, tpair_basket=self.tpair_basket,
-                 tpair_type=self.tpair_type)
+                 type_stats=self.type_stats, users=self.users)
 
     @classmethod
     def load(cls, path) -> UserHistory:
         z = np.load(path, allow_pickle=False)
-        pairs = ("pair_ptr", "pair_basket", "pair_row", "tpair_ptr", "tpair_basket", "tpair_type")
-        extra = {k: z[k] for k in pairs if k in z.files}  # absent from a history saved before them
         return cls(z["keys"].astype(object), z["item_ptr"], z["item_cols"], z["item_stats"], z["type_ptr"],
-                   z["type_cols"], z["type_stats"], z["users"], **extra)
+                   z["type_cols"], z["type_stats"], z["users"])
 
 
 def _basket_rows(interactions: pd.DataFrame, catalogue: CatalogueArrays) -> pd.DataFrame:
@@ -421,21 +378,6 @@ def days_of(timestamps: pd.Series) -> np.ndarray:
     if getattr(ts.dt, "tz", None) is not None:
         ts = ts.dt.tz_convert(None)
     return ((ts - pd.Timestamp(0)) / pd.Timedelta(days=1)).to_numpy(dtype=np.float64)
-
-
-def _pairs(tx: pd.DataFrame, col: str, ucode: pd.Series, n_users: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per user (CSR over ``ucode`` order): each distinct (basket, ``col``) pair, the basket
-    as a number unique within the user."""
-    if tx.empty:
-        z = np.zeros(0, dtype=np.int64)
-        return np.zeros(n_users + 1, dtype=np.int64), z, z.copy()
-    g = tx[["user", "basket", col]].drop_duplicates()
-    u = ucode[g["user"].astype(str)].to_numpy()
-    b = pd.factorize(g["basket"].astype(str))[0].astype(np.int64)
-    order = np.lexsort((g[col].to_numpy(), b, u))
-    counts = np.bincount(u, minlength=n_users)
-    ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return ptr, b[order], g[col].to_numpy(dtype=np.int64)[order]
 
 
 def _per_key(tx: pd.DataFrame, col: str, ucode: pd.Series, n_users: int):

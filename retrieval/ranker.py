@@ -98,18 +98,11 @@ FEATURES: tuple[str, ...] = (
     # with the anchors on that SKU. Trees split on one feature at a time and approximate a
     # weighted sum poorly; given the sum, the ranker starts where the baseline ends.
     "type_mapped", "blend",
-    # personal co-occurrence: of the user's own baskets holding the anchor (its type), the
-    # share that also held the candidate (its type); max over anchors, the anchor's own
-    # type excluded. What this household buys on this kind of trip, not on average.
-    "user_cooc_share", "user_anchor_baskets", "user_tcooc_share", "user_tcooc_count", "user_tcooc_lift",
-    "user_anchor_type_baskets",
 )
 _GROUPS: dict[str, tuple[str, ...]] = {
     "repeat": ("item_baskets", "item_share", "item_decayed", "item_days_since", "item_interval", "item_due",
-               "usual_of_type", "from_repeat", "blend",  # blend: mostly the repeat share (w = 0.8)
-               "user_cooc_share"),
-    "type_repeat": ("type_baskets", "type_share", "type_decayed", "type_days_since", "type_interval", "type_due",
-                    "user_tcooc_share", "user_tcooc_count", "user_tcooc_lift"),
+               "usual_of_type", "from_repeat", "blend"),  # blend: mostly the repeat share (w = 0.8)
+    "type_repeat": ("type_baskets", "type_share", "type_decayed", "type_days_since", "type_interval", "type_due"),
     "together": ("cooc_count_max", "cooc_count_mean", "cooc_conf_max", "cooc_conf_mean", "cooc_lift_max",
                  "cooc_lift_mean", "cooc_npmi_max", "cooc_npmi_mean", "cooc_linked", "from_cooc", "from_cooc_once"),
     "type_together": ("tcooc_count_max", "tcooc_conf_max", "tcooc_conf_mean", "tcooc_lift_max", "tcooc_npmi_max",
@@ -202,8 +195,6 @@ def features(data: RankerData, ctx: RankingContext, rows: np.ndarray, flags: Seq
         put("log_price", np.log(cat.price[rows]))
     put("in_stock", cat.in_stock[rows].astype(np.float64))
     _put_blend(put, data, ctx, rows, codes, X, cfg)
-    if user is not None and ctx.anchors:
-        _put_personal(put, cat, user, ctx.anchors, rows, codes, X)
     first = _COL[f"from_{GENERATORS[0]}"]  # the flags are consecutive columns, in GENERATORS order
     X[:, first: first + len(GENERATORS)] = 0.0
     for j, names in enumerate(flags):
@@ -230,32 +221,6 @@ def _put_blend(put, data: RankerData, ctx: RankingContext, rows: np.ndarray, cod
         keep = (typ["count"] >= cfg.blend_min_count) & ~same & (codes.reshape(1, -1) >= 0)
         conf = np.where(keep, typ["confidence"], 0.0).mean(axis=0) * mapped
     put("blend", cfg.blend_weight * share + (1.0 - cfg.blend_weight) * conf)
-
-
-def _put_personal(put, cat, user: UserRow, anchors: Sequence[int], rows: np.ndarray, codes: np.ndarray,
-                  X: np.ndarray) -> None:
-    """The ``user_*`` co-occurrence features (see :data:`FEATURES`)."""
-    item_share, type_share = np.zeros(len(rows)), np.zeros(len(rows))
-    type_count, n_items, n_types = np.zeros(len(rows)), 0.0, 0.0
-    for a in anchors:
-        n_a, both = user.together(int(a), rows, "item")
-        if n_a:
-            item_share = np.maximum(item_share, both / n_a)
-        n_items = max(n_items, n_a)
-        code = int(cat.type_code[a])
-        n_t, tboth = user.together(code, codes, "type")
-        tboth = np.where(codes == code, 0.0, tboth)  # its own type: a substitute
-        if n_t:
-            type_share = np.maximum(type_share, tboth / n_t)
-            type_count = np.maximum(type_count, tboth)
-        n_types = max(n_types, n_t)
-    put("user_cooc_share", item_share)
-    put("user_anchor_baskets", n_items)
-    put("user_tcooc_share", type_share)
-    put("user_tcooc_count", type_count)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        put("user_tcooc_lift", np.where(X[:, _COL["type_share"]] > 0, type_share / X[:, _COL["type_share"]], np.nan))
-    put("user_anchor_type_baskets", n_types)
 
 
 def _mapped(data: RankerData, user: UserRow | None, codes: np.ndarray, rows: np.ndarray) -> np.ndarray:

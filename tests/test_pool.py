@@ -127,29 +127,16 @@ def test_blend_feature_is_the_type_level_baseline_score(data):
     assert feature(guest, "blend")[0] == pytest.approx(0.2 * 3 / 5)  # no history: the co-occurrence part only
 
 
-def test_personal_cooccurrence_by_hand(data):
-    """Of u1's 3 baskets with white bread, 2 hold butter, 2 milk, 1 cheddar; rye bread is
-    the anchor's own type (a substitute, 0)."""
-    u1 = data.history.row("u1", data.catalogue)
-    ctx = RankingContext(user=u1, anchors=[data.catalogue.row_of["p1"]])
-    cand = rows(data, "p2", "p4", "p6", "p5", "p3")
-    X = features(data, ctx, cand, [[]] * 5)
-    assert feature(X, "user_cooc_share") == pytest.approx([2 / 3, 2 / 3, 1 / 3, 0, 0])
-    assert feature(X, "user_tcooc_share") == pytest.approx([2 / 3, 2 / 3, 1 / 3, 0, 0])
-    assert feature(X, "user_tcooc_count").tolist() == [2, 2, 1, 0, 0]
-    assert feature(X, "user_tcooc_lift")[0] == pytest.approx(1.0)  # butter is in 2/3 of all u1's baskets too
-    assert np.isnan(feature(X, "user_tcooc_lift")[4])  # u1 never bought jam
-    assert feature(X, "user_anchor_baskets")[0] == 3 and feature(X, "user_anchor_type_baskets")[0] == 3
-    # guests and requests without anchors: missing, not zero
-    assert np.isnan(feature(features(data, RankingContext(user=u1), cand, [[]] * 5), "user_tcooc_share")).all()
+def test_one_training_row_per_product_type(data):
+    """A type-level list counts a type once: training keeps, per type, the SKU the user
+    buys (white bread for u1, not rye), and every other type's one row."""
+    from retrieval.ranker import _type_representatives
 
-
-def test_history_round_trip_keeps_the_baskets(data, tmp_path):
-    data.history.save(tmp_path / "h.npz")
-    again = UserHistory.load(tmp_path / "h.npz").row("u1", data.catalogue)
     u1 = data.history.row("u1", data.catalogue)
-    assert again.basket_items.tolist() == u1.basket_items.tolist() and len(u1.basket_items) == 8
-    assert again.together(data.catalogue.row_of["p1"], rows(data, "p2"), "item") == (3.0, pytest.approx([2.0]))
+    cand = rows(data, "p5", "p1", "p2", "p3")
+    X = features(data, RankingContext(user=u1, anchors=[data.catalogue.row_of["p4"]]), cand, [[]] * 4)
+    kept = _type_representatives(X, data.catalogue.type_code[cand])
+    assert [data.catalogue.ids[cand[i]] for i in kept] == ["p1", "p2", "p3"]
 
 
 def test_guest_features_are_missing_not_zero(data):

@@ -129,3 +129,12 @@ def test_a_bad_mode_is_a_service_error(cj_assistant: BundleAssistant):
     retrieved = cj_assistant.retrieve(query="snacks", k=1)
     with pytest.raises(ServiceError):
         cj_assistant.propose_and_rank(retrieved, "nonsense")  # type: ignore[arg-type]
+
+
+def test_an_unfinished_intro_gives_way_once_the_bundles_are_ready():
+    from assistant.conversation import stream_intro
+
+    llm = ScriptedLLM()
+    assert list(stream_intro(llm, "pasta night", stop=lambda: False))[-1].endswith(".")
+    with pytest.raises(ValueError, match="ready first"):
+        list(stream_intro(llm, "pasta night", stop=lambda: True))
