@@ -1,18 +1,15 @@
-"""Deterministic understanding of a shopper's chat message.
+"""Reading the hard constraints out of a shopper's message, for the need parser.
 
-The LLM proposes bundles; everything a shopper states as a rule (a budget, a head count,
-"no dairy") is read here with regexes and word lists instead, so a hard constraint never
-depends on a 135M-parameter model getting it right, and the same message always gives
-the same constraints.
-
-Three layers:
-
-* :func:`parse_message` reads one message: budget, servings, exclusions (expanded through
-  :data:`EXCLUSION_GROUPS`), diets, wishes and the remaining free-text ``query``.
-* :func:`detect_refinements` reads the conversational moves of a follow-up: "cheaper",
-  "more like bundle 2", "swap the salsa", "something for breakfast instead", "start over".
-* :class:`ConstraintState` folds both into the state a conversation carries from turn to
-  turn; :meth:`ConstraintState.apply` is pure and returns a new state.
+Everything a shopper states as a rule (a budget, a head count, "no dairy", "vegan") is read
+here with regexes and word lists instead of by the LLM, so a hard constraint never depends
+on a 135M-parameter model getting it right, and the same message always gives the same
+constraints. :func:`parse_message` reads one message into a :class:`ParsedMessage`:
+budget, servings, exclusions (expanded through :data:`EXCLUSION_GROUPS`), diets, wishes
+and the remaining free-text ``query``. The building blocks (:class:`_Text`,
+:func:`clean_query`, :func:`to_number`, the word lists and move regexes) are shared with
+:mod:`assistant.nlu.parser`; the conversational moves themselves ("cheaper", "swap the
+salsa", ...) are read by :mod:`assistant.nlu.session`, and here their phrases are only cut
+out of the query.
 
 All matching is done on the lower-cased, :func:`sanitize_message`-d text.
 """
@@ -20,17 +17,15 @@ All matching is done on the lower-cased, :func:`sanitize_message`-d text.
 from __future__ import annotations
 
 import re
-import statistics
 import unicodedata
 from collections.abc import Iterable
-from typing import Literal
 
 from pydantic import BaseModel, Field
 
 # The whole-word matcher and its shields live with the hard constraints they serve
 # (retrieval.filters; the shields are data in retrieval/data/food_rules.json). Re-exported
-# for the callers that import them from here.
-from retrieval.filters import NOT_A_HIT, _term_re, mentions  # noqa: F401
+# for the callers that import it from here.
+from retrieval.filters import mentions  # noqa: F401
 from retrieval.schema import Constraints
 
 # ---------------------------------------------------------------------------------------
@@ -168,8 +163,8 @@ _TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "sev
 MAX_BUDGET = 1_000_000.0
 MAX_SERVINGS = 1000
 
-_ORDINALS = {"first": 1, "1st": 1, "second": 2, "2nd": 2, "third": 3, "3rd": 3,
-             "fourth": 4, "4th": 4, "fifth": 5, "5th": 5, "sixth": 6, "6th": 6, "last": -1}
+_ORDINALS = ("first", "1st", "second", "2nd", "third", "3rd", "fourth", "4th", "fifth", "5th",
+             "sixth", "6th", "last")
 
 # ---------------------------------------------------------------------------------------
 # Regex building blocks
@@ -297,22 +292,6 @@ _DIET_RE = re.compile(
 # ---------------------------------------------------------------------------------------
 # Records
 # ---------------------------------------------------------------------------------------
-
-RefinementKind = Literal[
-    "cheaper", "healthier", "bigger", "smaller", "without_x", "more_like", "swap",
-    "replace_need", "reset",
-]
-# Refinements that edit the bundles on show; leftover words beside them are wishes, not a
-# new need ("make it cheaper, with chicken").
-_EDITING_KINDS = frozenset({"cheaper", "healthier", "bigger", "smaller", "more_like", "swap"})
-
-
-class Refinement(BaseModel, frozen=True):
-    kind: RefinementKind
-    term: str | None = None  # without_x / swap: the word; replace_need: the new need
-    replacement: str | None = None  # swap: "swap the salsa for guacamole" -> "guacamole"
-    bundle_index: int | None = None  # more_like: 1-based as shown; -1 means the last one
-
 
 class ParsedMessage(BaseModel):
     text: str  # the sanitised message
@@ -518,63 +497,50 @@ def _wishes(text: str) -> list[str]:
     return _dedupe(WISH_WORDS[m.group(0)] for m in _WISH_RE.finditer(text))
 
 
-def _bundle_index(m: re.Match[str]) -> int | None:
-    groups = m.groupdict()
-    if groups.get("ord"):
-        return _ORDINALS[groups["ord"]]
-    n = to_number(groups.get("n") or "")
-    return int(n) if n is not None and n >= 1 else None
-
-
-def _analyse(text: str) -> tuple[ParsedMessage, list[Refinement]]:
-    """One pass over a message. The order matters: money first (so "no more than 12
-    bucks" is a budget, not an exclusion), then head counts, then the conversational
-    moves, then exclusions; what survives is the query."""
-    clean = sanitize_message(text)
-    t = _Text(clean.lower())
-    refinements: list[Refinement] = []
-
-    if t.take(_RESET_RE):
-        refinements.append(Refinement(kind="reset"))
-    budget = _take_budget(t)
-    servings = _take_servings(t)
+def _cut_moves(t: _Text) -> str:
+    """Cut the phrases of the moves read before the exclusions ("more like bundle 2", "swap
+    the salsa", "instead of the beans") so they never reach the query. Returns the new need
+    of "change it to breakfast" ("" if none)."""
     for pattern in _MORE_LIKE_PATTERNS:
-        for m in t.take(pattern):
-            index = _bundle_index(m)
-            if index is not None:
-                refinements.append(Refinement(kind="more_like", bundle_index=index))
-
+        t.take(pattern)
     new_need = ""
     for m in list(_SWAP_RE.finditer(t.s)):
-        target, repl = m.group("t").strip(), (m.group("r") or "").strip() or None
+        target, repl = m.group("t").strip(), (m.group("r") or "").strip()
         if target in _PRONOUNS or target.split()[0] in _PRONOUNS:
-            if repl:  # "change it to breakfast" is a new need, not a swap
-                new_need = repl
-                t.cut([m])
-            continue
-        refinements.append(Refinement(kind="swap", term=target, replacement=repl))
+            if not repl:  # "change it" alone: the words stay in the query
+                continue
+            new_need = repl  # "change it to breakfast" is a new need, not a swap
         t.cut([m])
-    for m in t.take(_INSTEAD_OF_RE):
-        refinements.append(Refinement(kind="swap", term=m.group("t")))
+    t.take(_INSTEAD_OF_RE)
+    return new_need
 
+
+def parse_message(text: str) -> ParsedMessage:
+    """"tacos for four, under $25, no dairy" -> query "tacos", budget 25, servings 4,
+    exclusions ["dairy"], exclude_terms [dairy, milk, cheese, ...], wishes ["tacos"].
+
+    One pass; the order matters: money first (so "no more than 12 bucks" is a budget, not
+    an exclusion), then head counts, then the conversational moves (cut, not read: the
+    session reads them), then exclusions; what survives is the query."""
+    clean = sanitize_message(text)
+    t = _Text(clean.lower())
+    t.take(_RESET_RE)
+    budget = _take_budget(t)
+    servings = _take_servings(t)
+    new_need = _cut_moves(t)
     exclusions = _take_exclusions(t)
-    refinements.extend(Refinement(kind="without_x", term=w) for w in exclusions)
-    moves: tuple[tuple[RefinementKind, re.Pattern[str]], ...] = (
-        ("cheaper", _CHEAPER_RE), ("healthier", _HEALTHIER_RE), ("bigger", _BIGGER_RE), ("smaller", _SMALLER_RE))
-    for kind, pattern in moves:
-        if t.take(pattern):
-            refinements.append(Refinement(kind=kind))
-    healthy = bool(t.take(_HEALTHY_RE)) or any(r.kind == "healthier" for r in refinements)
+    t.take(_CHEAPER_RE)
+    healthier = bool(t.take(_HEALTHIER_RE))
+    t.take(_BIGGER_RE)
+    t.take(_SMALLER_RE)
+    healthy = bool(t.take(_HEALTHY_RE)) or healthier
     diets = _take_diets(t)
-    wants_new_need = bool(t.take(_REPLACE_NEED_RE)) or bool(new_need)
+    t.take(_REPLACE_NEED_RE)
 
     query = clean_query(t.s)
     if new_need:
         query = clean_query(f"{new_need} {query}")
-    if wants_new_need and query:
-        refinements.append(Refinement(kind="replace_need", term=query))
-
-    parsed = ParsedMessage(
+    return ParsedMessage(
         text=clean,
         query=query,
         budget=budget,
@@ -585,158 +551,4 @@ def _analyse(text: str) -> tuple[ParsedMessage, list[Refinement]]:
         healthy=healthy,
         wishes=_wishes(query),
     )
-    return parsed, refinements
 
-
-def parse_message(text: str) -> ParsedMessage:
-    """"tacos for four, under $25, no dairy" -> query "tacos", budget 25, servings 4,
-    exclusions ["dairy"], exclude_terms [dairy, milk, cheese, ...], wishes ["tacos"]."""
-    return _analyse(text)[0]
-
-
-def detect_refinements(text: str) -> list[Refinement]:
-    """The conversational moves in a follow-up message, in a stable order."""
-    return _analyse(text)[1]
-
-
-def understand(text: str) -> tuple[ParsedMessage, list[Refinement]]:
-    """Both at once (one regex pass instead of two)."""
-    return _analyse(text)
-
-
-# ---------------------------------------------------------------------------------------
-# Matching exclusions against catalogue text
-# ---------------------------------------------------------------------------------------
-
-# ---------------------------------------------------------------------------------------
-# Conversation state
-# ---------------------------------------------------------------------------------------
-
-CHEAPER_FACTOR = 0.8
-MIN_BUNDLE_SIZE, MAX_BUNDLE_SIZE = 2, 6
-MIN_BUDGET = 0.01
-MAX_HISTORY = 50  # messages kept; older ones no longer change the state anyway
-
-
-class ConstraintState(BaseModel):
-    """What a conversation has asked for so far.
-
-    Sticky across turns: the need, budget, servings, exclusions, diets, bundle size.
-    One turn only: ``anchor_bundle`` ("more like bundle 2": the caller maps the index to
-    the product ids it showed) and ``swap_out`` ("swap the salsa": excluded from the next
-    answer, then forgotten). Use :meth:`search_constraints` for the search of this turn.
-    """
-
-    need: str = ""
-    wishes: list[str] = Field(default_factory=list)
-    exclusions: list[str] = Field(default_factory=list)  # as said, across turns
-    diets: list[str] = Field(default_factory=list)
-    healthy: bool = False
-    bundle_size: int | None = None  # desired items per bundle, in [2, 6]
-    anchor_bundle: int | None = None
-    swap_out: list[str] = Field(default_factory=list)
-    constraints: Constraints = Field(default_factory=Constraints)
-    history: list[str] = Field(default_factory=list)
-
-    @property
-    def budget(self) -> float | None:
-        return self.constraints.budget
-
-    @property
-    def servings(self) -> int | None:
-        return self.constraints.servings
-
-    def search_constraints(self) -> Constraints:
-        """The constraints for this turn's search: the sticky ones plus swapped-out items."""
-        if not self.swap_out:
-            return self.constraints.model_copy(deep=True)
-        exclude = _dedupe([*self.constraints.exclude, *self.swap_out])
-        return self.constraints.model_copy(update={"exclude": exclude}, deep=True)
-
-    def update(
-        self, text: str, last_bundle_prices: list[float] | None = None, **kwargs: int
-    ) -> ConstraintState:
-        """Parse ``text`` and apply it: the one call a chat handler needs."""
-        parsed, refinements = understand(text)
-        return self.apply(parsed, refinements, last_bundle_prices, **kwargs)
-
-    def apply(
-        self,
-        parsed: ParsedMessage,
-        refinements: list[Refinement],
-        last_bundle_prices: list[float] | None = None,
-        default_bundle_size: int = 4,
-    ) -> ConstraintState:
-        """The state after one more message. Pure: ``self`` is left unchanged.
-
-        * reset: everything is cleared, then the rest of the message applies to a fresh
-          state ("start over: pasta night for 2").
-        * An explicit budget in the message replaces the old one. Otherwise "cheaper"
-          multiplies the budget by 0.8, or, with no budget yet, sets it to 0.8 x the median
-          price of the bundles shown last; with neither, it cannot act and does nothing.
-        * without_x / exclusions / diets accumulate. swap and more_like last one turn.
-        * bigger/smaller step the bundle size by one from its current value (or
-          ``default_bundle_size``, LLMConfig.max_bundle_size) within [2, 6].
-        * replace_need ("something for breakfast instead") replaces the need and its
-          wishes and keeps everything else. A message with new need words and no
-          editing refinement does the same; need words next to an editing refinement
-          ("cheaper, with chicken") are added as wishes instead.
-        """
-        kinds = {r.kind for r in refinements}
-        base = ConstraintState() if "reset" in kinds else self
-        state = base.model_copy(deep=True)
-        state.anchor_bundle = None
-        state.swap_out = []
-        state.history = [*state.history, parsed.text][-MAX_HISTORY:]
-
-        budget = state.constraints.budget
-        if parsed.budget is not None:
-            budget = parsed.budget
-        elif "cheaper" in kinds:
-            budget = _cheaper(budget, last_bundle_prices)
-
-        servings = parsed.servings if parsed.servings is not None else state.constraints.servings
-
-        without = [r.term for r in refinements if r.kind == "without_x" and r.term]
-        state.exclusions = _dedupe([*state.exclusions, *parsed.exclusions, *without])
-        state.diets = _dedupe([*state.diets, *parsed.diets])
-        state.healthy = state.healthy or parsed.healthy or "healthier" in kinds
-
-        size = state.bundle_size or default_bundle_size
-        if "bigger" in kinds:
-            state.bundle_size = min(MAX_BUNDLE_SIZE, size + 1)
-        if "smaller" in kinds:
-            state.bundle_size = max(MIN_BUNDLE_SIZE, size - 1)
-
-        for r in refinements:
-            if r.kind == "more_like":
-                state.anchor_bundle = r.bundle_index
-            elif r.kind == "swap" and r.term:
-                state.swap_out = _dedupe([*state.swap_out, r.term])
-
-        replace = next((r.term for r in refinements if r.kind == "replace_need" and r.term), None)
-        if replace:
-            state.need, state.wishes = replace, _wishes(replace)
-        elif parsed.query:
-            if not state.need or not (kinds & _EDITING_KINDS):
-                state.need, state.wishes = parsed.query, list(parsed.wishes)
-            else:
-                state.wishes = _dedupe([*state.wishes, *(parsed.wishes or [parsed.query])])
-
-        state.constraints = state.constraints.model_copy(update={
-            "budget": budget,
-            "servings": servings,
-            "exclude": expand_exclusions(state.exclusions, state.diets),
-            "include_categories": list(state.wishes),
-            "max_bundle_size": state.bundle_size,
-        })
-        return state
-
-
-def _cheaper(budget: float | None, last_prices: list[float] | None) -> float | None:
-    if budget is not None:
-        return max(MIN_BUDGET, round(budget * CHEAPER_FACTOR, 2))
-    prices = [p for p in (last_prices or []) if p is not None and p == p and p > 0]
-    if not prices:
-        return None
-    return max(MIN_BUDGET, round(statistics.median(prices) * CHEAPER_FACTOR, 2))

@@ -1,4 +1,4 @@
-"""Message parsing, refinements and the multi-turn constraint state."""
+"""Reading hard constraints out of one message (assistant.constraints.parse_message)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,10 @@ import pytest
 
 from assistant.constraints import (
     EXCLUSION_GROUPS,
-    ConstraintState,
-    Refinement,
-    detect_refinements,
     mentions,
     parse_message,
     sanitize_message,
     to_number,
-    understand,
 )
 from retrieval.schema import Constraints
 
@@ -152,161 +148,19 @@ def test_to_number(token, value):
     assert to_number(token) == value
 
 
-# -- refinements ---------------------------------------------------------------------
-
-
-def kinds(text: str) -> list[str]:
-    return [r.kind for r in detect_refinements(text)]
-
-
-@pytest.mark.parametrize(
-    "text, kind",
-    [
-        ("cheaper please", "cheaper"),
-        ("something less expensive", "cheaper"),
-        ("that's too pricey", "cheaper"),
-        ("healthier", "healthier"),
-        ("a bigger bundle", "bigger"),
-        ("more items", "bigger"),
-        ("smaller", "smaller"),
-        ("fewer items", "smaller"),
-        ("reset", "reset"),
-        ("let's start over", "reset"),
-    ],
-)
-def test_simple_refinements(text, kind):
-    assert kinds(text) == [kind]
-
-
-def test_refinements_with_arguments():
-    second = [Refinement(kind="more_like", bundle_index=2)]
-    assert detect_refinements("more like bundle 2") == second
-    assert detect_refinements("like the second one") == second
-    assert detect_refinements("more like the last one")[0].bundle_index == -1
-    assert detect_refinements("swap the salsa") == [Refinement(kind="swap", term="salsa")]
-    assert detect_refinements("swap the salsa for guacamole") == [
-        Refinement(kind="swap", term="salsa", replacement="guacamole")
-    ]
-    assert detect_refinements("without cheese") == [Refinement(kind="without_x", term="cheese")]
-    assert detect_refinements("something for breakfast instead") == [
-        Refinement(kind="replace_need", term="breakfast")
-    ]
-    assert detect_refinements("change it to lunch") == [
-        Refinement(kind="replace_need", term="lunch")
-    ]
+@pytest.mark.parametrize("text, query", [
+    ("cheaper please", ""), ("more like bundle 2", ""), ("swap the salsa for guacamole", ""),
+    ("make it healthier", ""), ("change it to lunch", "lunch"), ("something for breakfast instead", "breakfast"),
+    ("start over: pasta night for 2", "pasta night"),
+])
+def test_the_words_of_a_follow_up_move_never_reach_the_query(text, query):
+    # the session reads the move; the parser only keeps its words out of the retrieval text
+    assert parse_message(text).query == query
 
 
 def test_cheaper_than_amount_is_a_budget():
-    parsed, refinements = understand("cheaper than $20")
-    assert parsed.budget == 20.0 and refinements == []
-
-
-def test_a_first_message_has_no_editing_refinements():
-    assert kinds("tacos for four, under $25, no dairy") == ["without_x"]
-    assert kinds("pasta night for six") == []
-
-
-# -- the conversation state ----------------------------------------------------------
-
-
-def test_multi_turn_sequence():
-    s0 = ConstraintState()
-    s1 = s0.update("tacos for four, under $25, no dairy")
-    assert s1.need == "tacos" and s1.budget == 25.0 and s1.servings == 4
-    assert "cheese" in s1.constraints.exclude and s1.wishes == ["tacos"]
-
-    s2 = s1.update("cheaper")
-    assert s2.budget == 20.0 and s2.need == "tacos" and s2.servings == 4
-    assert s1.budget == 25.0  # apply is pure
-
-    s3 = s2.update("without cheese")
-    assert s3.exclusions == ["dairy", "cheese"] and s3.budget == 20.0
-
-    s4 = s3.update("something for breakfast instead")
-    assert s4.need == "breakfast" and s4.wishes == ["breakfast"]
-    assert s4.budget == 20.0 and s4.servings == 4 and "milk" in s4.constraints.exclude
-    assert s4.constraints.include_categories == ["breakfast"]
-
-    s5 = s4.update("reset")
-    assert s5.need == "" and s5.budget is None and s5.servings is None
-    assert s5.exclusions == [] and s5.constraints.exclude == [] and s5.history == ["reset"]
-    assert s4.history == [
-        "tacos for four, under $25, no dairy", "cheaper", "without cheese",
-        "something for breakfast instead",
-    ]
-
-
-def test_cheaper_without_budget_uses_median_of_shown_bundles():
-    s = ConstraintState().update("snacks for a movie night")
-    assert s.budget is None
-    cheaper = s.update("too pricey", last_bundle_prices=[10.0, 30.0, 20.0])
-    assert cheaper.budget == pytest.approx(16.0)  # 0.8 x median 20
-    assert s.update("cheaper").budget is None  # nothing to go on: no change
-    assert s.update("cheaper", last_bundle_prices=[float("nan"), 0.0]).budget is None
-
-
-def test_budget_stays_positive_under_repeated_cheaper():
-    s = ConstraintState().update("under $0.02")
-    for _ in range(10):
-        s = s.update("cheaper")
-    assert s.budget is not None and s.budget > 0
-    Constraints.model_validate(s.constraints.model_dump())  # still valid
-
-
-def test_explicit_budget_beats_cheaper():
-    s = ConstraintState().update("tacos under $25").update("cheaper, under $10")
-    assert s.budget == 10.0
-
-
-def test_bundle_size_steps_within_bounds():
-    s = ConstraintState().update("tacos")
-    assert s.update("bigger bundle").bundle_size == 5  # from the default 4
-    big = s
-    for _ in range(5):
-        big = big.update("more items")
-    assert big.bundle_size == 6 and big.constraints.max_bundle_size == 6
-    small = s
-    for _ in range(5):
-        small = small.update("smaller")
-    assert small.bundle_size == 2
-
-
-def test_swap_and_anchor_last_one_turn():
-    s = ConstraintState().update("tacos for four").update("swap the salsa")
-    assert s.swap_out == ["salsa"] and s.need == "tacos"
-    assert "salsa" in s.search_constraints().exclude
-    assert "salsa" not in s.constraints.exclude  # not sticky
-    nxt = s.update("more like bundle 2")
-    assert nxt.swap_out == [] and nxt.anchor_bundle == 2
-    assert "salsa" not in nxt.search_constraints().exclude
-    assert nxt.update("cheaper", last_bundle_prices=[10.0]).anchor_bundle is None
-
-
-def test_new_need_words_replace_or_add():
-    s = ConstraintState().update("tacos under $20, no pork")
-    moved_on = s.update("pasta night")
-    assert moved_on.need == "pasta night" and moved_on.budget == 20.0
-    assert "bacon" in moved_on.constraints.exclude
-    edited = s.update("cheaper, with chicken")
-    assert edited.need == "tacos" and "chicken" in edited.wishes
-
-
-def test_reset_applies_the_rest_of_the_message():
-    s = ConstraintState().update("tacos under $20, no pork").update("start over: pasta night for 2")
-    assert s.need == "pasta night" and s.servings == 2
-    assert s.budget is None and s.exclusions == []
-
-
-def test_diet_and_healthier_are_sticky():
-    s = ConstraintState().update("vegetarian dinner").update("healthier")
-    assert s.healthy and s.diets == ["vegetarian"] and "beef" in s.constraints.exclude
-    assert s.update("for six").healthy
-
-
-def test_state_keeps_merchandiser_constraints():
-    s = ConstraintState(constraints=Constraints(min_margin=0.2, departments=["GROCERY"]))
-    s = s.update("snacks under $10")
-    assert s.constraints.min_margin == 0.2 and s.constraints.departments == ["GROCERY"]
+    assert parse_message("cheaper than $20").budget == 20.0
+    assert parse_message("make it healthier").healthy
 
 
 # -- exclusion matching ----------------------------------------------------------------
@@ -345,7 +199,7 @@ def test_sanitize_message():
 def test_parse_survives_hostile_input():
     p = parse_message("\x00" * 10 + "no " * 600 + "$" * 300)
     assert len(p.text) <= 1000
-    assert parse_message("").query == "" and detect_refinements("") == []
+    assert parse_message("").query == "" and parse_message("").budget is None
 
 
 def test_absurd_numbers_are_ignored():

@@ -437,3 +437,16 @@ def test_swap_finds_the_item_inside_a_run_together_catalogue_word():
                              "2": "Shredded Cheese | GROCERY > CHEESE > SHREDDED CHEESE"})
     turn = handle(new_topic(SessionState(), TACOS), "swap the salsa", shown=shown)
     assert turn.state.excluded_products == ("1",) and turn.state.need == TACOS
+
+
+def test_something_for_breakfast_instead_replaces_the_need_and_keeps_the_allergy(shown):
+    from assistant.nlu.parser import parse_need
+
+    first = "taco night for four, under $25, no dairy"
+    state = handle(SessionState(), first, parsed=parse_need(first), shown=shown).state
+    message = "something for breakfast instead"
+    turn = handle(state, message, parsed=parse_need(message), shown=shown)
+    need = turn.state.need
+    assert turn.kind == "new_need" and need.occasion == "breakfast" and need.text == "breakfast"
+    assert need.exclude == ["dairy"] and need.budget is None  # as for any new topic: the allergy stays
+    assert undo(turn.state).state.need.occasion == "tacos"
