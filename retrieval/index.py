@@ -241,7 +241,10 @@ def _history_table(ds: Dataset, pseudonymise: Callable[[str], str]) -> pd.DataFr
     user, product, sales value), so that they need nothing outside the build."""
     baskets = baskets_of(ds.interactions)
     value = ds.interactions["value"] if "value" in ds.interactions else pd.Series(float("nan"), index=baskets.index)
-    return pd.DataFrame({"basket_id": baskets["basket_id"].to_numpy(),
+    # basket ids become numbers: a source without them groups by user and day, and that
+    # fallback id holds the raw user id
+    basket_codes, _ = pd.factorize(baskets["basket_id"])
+    return pd.DataFrame({"basket_id": basket_codes.astype(np.int64),
                          "user_id": _pseudonymous(ds.interactions["user_id"], pseudonymise),
                          "product_id": baskets["product_id"].to_numpy(),
                          "value": pd.to_numeric(value, errors="coerce").to_numpy(dtype=float)})

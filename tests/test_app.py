@@ -119,7 +119,8 @@ def test_reply_streams_text_before_cards(shop):
     first_text = next(i for i, u in enumerate(updates) if u[BUNDLES]["text"])
     first_card = next(i for i, u in enumerate(updates) if u[BUNDLES]["bundles"])
     assert first_text < first_card
-    assert flatten_content(updates[0][CHAT][-1]["content"]) == "…"
+    # the first update says at once what was understood, before any model runs
+    assert flatten_content(updates[0][CHAT][-1]["content"]) == "*Looking for breakfast, for 2…*"
     assert updates[-1][BUNDLES]["profile_summary"] == guest_profile("x").summary
 
 
