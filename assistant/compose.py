@@ -636,11 +636,27 @@ def portions(need: Need, meal: bool, default_servings: int | None = None) -> int
     return max(1, people * days)
 
 
-def quantity(spec: RoleSpec, size: str, department: str, n: int | None) -> int:
+_MULTIPACK = re.compile(r"(?<![\d.])(\d{1,2})(?:\s*[/&]\s*(\d{1,2}))*(?:\s*[/&]\s*(\d{1,2}))?\s*PK\b", re.I)
+
+
+def units_per_pack(product_type: str) -> int:
+    """How many units a multipack holds, from its product type ("SOFT DRINKS 12/18&15PK CAN
+    CAR" holds at least 12 cans; its size, "12 OZ", is one can's): 1 when it says none."""
+    m = _MULTIPACK.search(str(product_type or ""))
+    if not m:
+        return 1
+    counts = [int(g) for g in m.groups() if g]
+    return max(1, min(counts))
+
+
+def quantity(spec: RoleSpec, size: str, department: str, n: int | None, product_type: str = "") -> int:
     """Packages of one product for ``n`` portions (see the module docstring)."""
     if n is None:
         return 1
     amount = pack_amount(size)
+    units = units_per_pack(product_type)
+    if amount and units > 1:
+        amount = (amount[0] * units, amount[1])
     # produce sizes in Complete Journey are often the case the store receives ("40 LB"
     # bananas), not what a shopper takes home
     if amount and department == "PRODUCE" and amount[0] > (80 if amount[1] == "oz" else 24):
@@ -784,8 +800,8 @@ class Composer:
 
     # -- one bundle -------------------------------------------------------------------
     def _item(self, pid: str, spec: RoleSpec, role: str, n: int | None) -> ComposedItem:
-        price, _pop, size, _ptype, _cat = self.types.fact(pid)
-        qty = quantity(spec, size, self.department_of(pid), n)
+        price, _pop, size, ptype, _cat = self.types.fact(pid)
+        qty = quantity(spec, size, self.department_of(pid), n, ptype)
         return ComposedItem(product_id=pid, quantity=qty, role=role, option=spec.key, unit_price=price)
 
     def _cheapest(self, ranked: list[str], spec: RoleSpec, role: str, n: int | None,

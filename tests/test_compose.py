@@ -31,6 +31,7 @@ from assistant.compose import (
     plan_for,
     portions,
     quantity,
+    units_per_pack,
 )
 from assistant.nlu.need import Need
 
@@ -126,6 +127,15 @@ def test_quantities_scale_with_servings_and_days():
     assert week == 35 and quantity(cereal, "18 OZ", "GROCERY", week) == 3  # 35 × 1.25 oz
     # a produce case size is not what a shopper takes home
     assert quantity(load_lexicon().roles["bananas"], "40 LB", "PRODUCE", 10) == 2
+
+
+def test_a_multipack_counts_its_cans():
+    """A 12-pack's size is one can's ("12 OZ"): eight people need one or two packs, not 11."""
+    soda = load_lexicon().roles["soft drinks"]
+    multipack = quantity(soda, "12 OZ", "GROCERY", 8, "SOFT DRINKS 12/18&15PK CAN CAR")
+    single = quantity(soda, "12 OZ", "GROCERY", 8, "SOFT DRINKS SINGLE SERVE")
+    assert multipack <= 2 and single > multipack
+    assert units_per_pack("BEER 6PK") == 6 and units_per_pack("COLD CEREAL") == 1
 
 
 # --- names and distinctness ---------------------------------------------------------------
