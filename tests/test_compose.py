@@ -12,6 +12,7 @@ from itertools import combinations
 
 import pytest
 from conftest import executable, subprocess_env
+from fakes import pick_candidates
 
 from assistant.compose import (
     MAX_TYPE_JACCARD,
@@ -257,15 +258,8 @@ class PickingLLM:
         self.calls = 0
 
     def generate_structured(self, messages, output_type, max_new_tokens=160, timeout_s=20.0, temperature=0.0):
-        from assistant.llm import Structured
-
         self.calls += 1
-        numbers = re.findall(r"^(\d+): ", messages[-1]["content"], flags=re.M)
-        bundles = [{"name": "Tasty candidates profile", "item_ids": numbers[0:3], "reason": "goes well"},
-                   {"name": "Second", "item_ids": numbers[3:6], "reason": "also good"}]
-        raw = json.dumps({"bundles": bundles})
-        return Structured(raw=raw, parsed=output_type.model_validate_json(raw), parse_error="", new_tokens=40,
-                          seconds=0.1, timed_out=False)
+        return pick_candidates(messages, output_type, first_name="Tasty candidates profile", parse_error="")
 
 
 def test_llm_proposals_are_snapped_onto_the_roles(cj_slice_dir, embedder):

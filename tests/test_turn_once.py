@@ -4,16 +4,15 @@ the one two full ``recommend`` calls give."""
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fakes import pick_candidates
 
 from assistant.conversation import Conversation, bundle_key
 from assistant.feedback import FeedbackStore
-from assistant.llm import ChatModel, Generation, Structured
+from assistant.llm import ChatModel, Generation
 from assistant.service import BundleAssistant, Retrieved
 from retrieval.config import Settings
 
@@ -45,12 +44,7 @@ class ScriptedLLM:
 
     def generate_structured(self, messages, output_type, max_new_tokens=160, timeout_s=20.0, temperature=0.0):
         self.structured_calls += 1
-        numbers = re.findall(r"^(\d+): ", messages[-1]["content"], flags=re.M)
-        bundles = [{"name": "First", "item_ids": numbers[0:3], "reason": "goes well"},
-                   {"name": "Second", "item_ids": numbers[3:6], "reason": "also good"}]
-        raw = json.dumps({"bundles": bundles})
-        return Structured(raw=raw, parsed=output_type.model_validate_json(raw), parse_error=None, new_tokens=40,
-                          seconds=0.1, timed_out=False)
+        return pick_candidates(messages, output_type)
 
 
 def assistant_over(data_dir: Path, embedder) -> tuple[BundleAssistant, ScriptedLLM]:
