@@ -488,8 +488,9 @@ class _WordTable:
 
 class CatalogueFilter:
     """The hard constraints over one catalogue frame. Per-rule and per-word columns are
-    computed on first use (over the unique titles/paths, not the 92k rows) and cached:
-    the first vegan request pays ~0.1 s, later ones a few array operations."""
+    computed on first use (over the unique titles/paths, not the 92k rows) and cached; a
+    build saves the diet, group and food columns (:meth:`save_columns`) so that a served
+    index starts with them, and a request pays a few array operations."""
 
     def __init__(self, products: pd.DataFrame):
         p = products
