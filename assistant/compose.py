@@ -636,7 +636,7 @@ def portions(need: Need, meal: bool, default_servings: int | None = None) -> int
     return max(1, people * days)
 
 
-_MULTIPACK = re.compile(r"(?<![\d.])(\d{1,2})(?:\s*[/&]\s*(\d{1,2}))*(?:\s*[/&]\s*(\d{1,2}))?\s*PK\b", re.I)
+_MULTIPACK = re.compile(r"(?<![\d.])\d{1,2}(?:\s*[/&]\s*\d{1,2})*\s*PK\b", re.I)
 
 
 def units_per_pack(product_type: str) -> int:
@@ -645,8 +645,7 @@ def units_per_pack(product_type: str) -> int:
     m = _MULTIPACK.search(str(product_type or ""))
     if not m:
         return 1
-    counts = [int(g) for g in m.groups() if g]
-    return max(1, min(counts))
+    return max(1, min(int(n) for n in re.findall(r"\d+", m.group())))
 
 
 def quantity(spec: RoleSpec, size: str, department: str, n: int | None, product_type: str = "") -> int:

@@ -266,7 +266,7 @@ def _with_pseudonymous_users(frame: pd.DataFrame, pseudonymise: Callable[[str], 
         return frame
     out = frame.copy()
     for column in users:
-        out[column] = out[column].astype(str).map(pseudonymise)
+        out[column] = _pseudonymous(out[column], pseudonymise)
     return out
 
 
