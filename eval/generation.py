@@ -171,6 +171,10 @@ def score_generation_block(predicted: dict, reports: dict, systems: list[str],
 GROUPING_NPMI_WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 GROUPING_THRESHOLDS = (0.1, 0.125, 0.15, 0.175, 0.2, 0.225, 0.25, 0.275, 0.3, 0.325, 0.35)
 GROUPING_REFERENCE = {"npmi_weight": 0.5, "threshold": 0.3}
+# The kit threshold and the whole-list fallback (assistant/grouping.py KIT_THRESHOLD,
+# WHOLE_IF_NONE), chosen after the two constants above, by the same rule with "no kit, no
+# fallback" as the reference.
+KIT_THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6)
 
 
 def _grouping_scores(cases: Sequence[GenerationCase], make) -> dict[str, float]:
@@ -195,7 +199,31 @@ def tune_generation_baselines(split: Split, assistant) -> dict:
     best = max(range(len(grid)), key=lambda i: (grid[i][MAIN], -i))
     return {"level": "pair", "metric": MAIN, "cases": len(split.cases),
             "choices": {"category-overlap": grid[best]["params"]}, "grid": {"category-overlap": grid},
-            "system_rule_grouping": rule_grouping_grid(split.cases, assistant)}
+            "system_rule_grouping": rule_grouping_grid(split.cases, assistant),
+            "system_kit": kit_grid(split.cases, assistant)}
+
+
+def best_feasible(grid: list[dict], reference: dict[str, float]) -> dict | None:
+    """The params of the best mean pair F1 among grid points whose bundle precision and
+    recall are at least the reference's (the earlier point wins a tie); None if none is."""
+    feasible = [g for g in grid if g["precision"] >= reference["precision"] and g["recall"] >= reference["recall"]]
+    return max(feasible, key=lambda g: (round(g[MAIN], 9), -grid.index(g)))["params"] if feasible else None
+
+
+def kit_grid(cases: Sequence[GenerationCase], assistant) -> dict:
+    """Dev scores of the system's rule grouping over kit thresholds (None: no kit) and the
+    whole-list fallback, and the setting the documented rule picks."""
+    def scores(t: float | None, whole: bool) -> dict[str, float]:
+        return _grouping_scores(cases, lambda c: assistant.bundle_items(
+            list(c.items), use_llm=False, mode="rule", kit_threshold=t, whole_if_none=whole).bundles)
+
+    reference = scores(None, False)
+    grid: list[dict] = [{"params": {"kit_threshold": t, "whole_if_none": w}, **scores(t, w)}
+            for w in (False, True) for t in (None, *KIT_THRESHOLDS)]
+    chosen = best_feasible(grid, reference)
+    return {"reference": {"params": {"kit_threshold": None, "whole_if_none": False}, **reference},
+            "chosen": chosen, "grid": grid,
+            "rule": "max mean pair F1 with bundle precision and recall >= those without a kit or fallback"}
 
 
 def rule_grouping_grid(cases: Sequence[GenerationCase], assistant) -> dict:
@@ -216,7 +244,6 @@ def rule_grouping_grid(cases: Sequence[GenerationCase], assistant) -> dict:
     reference = scores(GROUPING_REFERENCE["npmi_weight"], GROUPING_REFERENCE["threshold"])
     grid: list[dict] = [{"params": {"npmi_weight": w, "threshold": t}, **scores(w, t)}
             for w in GROUPING_NPMI_WEIGHTS for t in GROUPING_THRESHOLDS]
-    feasible = [g for g in grid if g["precision"] >= reference["precision"] and g["recall"] >= reference["recall"]]
-    chosen = max(feasible, key=lambda g: (round(g[MAIN], 9), -grid.index(g)))["params"] if feasible else None
+    chosen = best_feasible(grid, reference)
     return {"reference": {"params": GROUPING_REFERENCE, **reference}, "chosen": chosen, "grid": grid,
             "rule": "max mean pair F1 with bundle precision and recall >= the reference's"}

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from assistant.grouping import Affinity, ItemGroup, category_overlap, rule_groups, select_disjoint
+from assistant.grouping import Affinity, ItemGroup, bundle_items, category_overlap, rule_groups, select_disjoint
 from eval import protocols as P
 from eval.baselines import group_by_leaf_category
 from eval.run import objective_with_margin, system_ranking, type_list
@@ -208,6 +208,36 @@ def test_rule_grouping_clusters_by_category_and_names_the_shared_level() -> None
     # co-purchase can outweigh the taxonomy: a strong 1–3 pair joins across departments
     strong = Affinity(lambda a, b: 1.0 if {a, b} == {"1", "3"} else 0.0, paths, npmi_weight=0.9)
     assert ("1", "3") in [g.item_ids for g in rule_groups(["1", "2", "3"], strong, cat, max_size=2, threshold=0.3)]
+
+
+def _grouping_parts(catalogue: pd.DataFrame, max_size: int) -> SimpleNamespace:
+    """What ``bundle_items`` reads of the assistant: the catalogue, no co-purchase evidence."""
+    index = SimpleNamespace(catalogue=catalogue, row_of=pd.Series(range(len(catalogue)), index=catalogue.index),
+                            copurchase=SimpleNamespace(pair_npmi=lambda a, b: 0.0))
+    return SimpleNamespace(index=index, settings=SimpleNamespace(llm=SimpleNamespace(max_bundle_size=max_size)))
+
+
+def _catalogue_with_a_loner() -> pd.DataFrame:
+    lamp = pd.DataFrame([("6", "Home > Lighting > Lamps", "Lamps")], columns=["product_id", "category", "product_type"])
+    return pd.concat([_catalogue(), lamp.set_index("product_id", drop=False)])
+
+
+def test_rule_grouping_offers_the_kit_without_its_loner_then_the_parts_inside_it() -> None:
+    cat = _catalogue_with_a_loner()
+    grouping = bundle_items(_grouping_parts(cat, max_size=3), ["1", "2", "3", "4", "5", "6"], use_llm=False)
+    assert [(g.item_ids, g.source) for g in grouping] == [
+        (("1", "2", "3", "4", "5"), "kit"), (("3", "4", "5"), "rule"), (("1", "2"), "rule")]
+    # no kit: the parts are clustered from every item, as before the kit existed
+    plain = bundle_items(_grouping_parts(cat, max_size=3), ["1", "2", "3", "4", "5", "6"], use_llm=False,
+                         kit_threshold=None)
+    assert [g.item_ids for g in plain] == [("3", "4", "5"), ("1", "2")]
+
+
+def test_rule_grouping_offers_the_whole_list_when_nothing_groups_unless_told_not_to() -> None:
+    cat = _catalogue_with_a_loner()
+    parts = _grouping_parts(cat, max_size=3)
+    assert [g.item_ids for g in bundle_items(parts, ["6", "1"], use_llm=False)] == [("1", "6")]
+    assert list(bundle_items(parts, ["6", "1"], use_llm=False, whole_if_none=False)) == []
 
 
 def test_select_disjoint_prefers_coherent_bundles_and_never_reuses_an_item() -> None:
