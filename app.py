@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="if no index exists, build only this many households (quick)")
     parser.add_argument("--no-llm", action="store_true", help="rules only: no LLM intro or proposals")
     parser.add_argument("--model", help="another causal LM (local path or cached hub id)")
+    parser.add_argument("--adapter", help="a LoRA adapter on the model (a folder or a shipped name, e.g. "
+                                          "smollm2-bundles); default none")
     parser.add_argument("--personas", type=int, default=4, help="households in the persona picker")
     args = parser.parse_args(argv)
     problem = listen_problem(args.host, args.port)
@@ -236,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(**({"data_dir": args.data_dir} if args.data_dir else {}))
     if args.model:
         settings.llm.model = args.model
+    settings.llm.adapter = args.adapter
     fix = f"`bundle-assistant index --force --data-dir {settings.data_dir}` rebuilds it"
     try:
         ensure_index(settings, limit=args.limit)

@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-llm", action="store_true", help="rule-based proposals only (fast)")
     p.add_argument("--mode", choices=["rule", "llm", "llm+rule"], help="proposal pools (default llm+rule)")
     p.add_argument("--model", help="a local path or hub id of another causal LM (default: packaged SmolLM2)")
+    p.add_argument("--adapter", help="a LoRA adapter on the model: a folder, or a shipped name such as "
+                                     "smollm2-bundles (default: none, the base model)")
     p.add_argument("--weights", type=_weights,
                    help="objective weights, e.g. preference=0.4,margin=0.3,sales=0.2,complementarity=0.1")
     p.add_argument("--parse", action="store_true", help="also read budget/servings/exclusions from --query")
@@ -161,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=_weights, help="objective weights, e.g. margin=0.5,preference=0.3,sales=0.2")
     p.add_argument("--llm", action="store_true", help="also let the LLM propose bundles (slower)")
     p.add_argument("--model", help="a local path or hub id of another causal LM (default: packaged SmolLM2)")
+    p.add_argument("--adapter", help="a LoRA adapter on the model: a folder, or a shipped name such as "
+                                     "smollm2-bundles (default: none, the base model)")
     p.add_argument("--csv", type=Path, help="also write the ideas table to this CSV file (spreadsheet-safe)")
     _common(p)
 
@@ -191,6 +195,8 @@ def _settings(args):
     settings = Settings(**overrides)
     if getattr(args, "model", None):
         settings.llm.model = args.model
+    if getattr(args, "adapter", None):
+        settings.llm.adapter = args.adapter
     return settings
 
 

@@ -953,6 +953,7 @@ class Composer:
             picked.append(ComposedBundle(name=bundle_name(plan, head, need), items=items, headline=head,
                                          prior=prior, types=kinds))
             shown[head] = shown.get(head, 0) + 1
+        picked = told_apart(picked, plan, need)
         if len(picked) < k and comp.fallback is not None:
             # the named kinds gave too few distinct bundles: the usual alternatives follow them
             for b in self.compose(comp.fallback, k, max_jaccard):
@@ -1021,6 +1022,30 @@ def bundle_name(plan: RolePlan, headline: str, need: Need) -> str:
     if need.days and need.days > 1 and plan.meal:
         base += " for a week" if need.days == 7 else f" for {need.days} days"
     return cut_words(base)
+
+
+def told_apart(bundles: list[ComposedBundle], plan: RolePlan, need: Need) -> list[ComposedBundle]:
+    """Bundles that would share a name ("Tofu dinner for 2" twice) are each named after
+    their headline and the first option no other of them has ("Tofu & rice dinner for 2",
+    "Tofu & potatoes dinner for 2"); one with no such option keeps its name."""
+    template_words = set(plan.name_template.casefold().replace("{h}", " ").split())
+    by_name: dict[str, list[int]] = {}
+    for i, b in enumerate(bundles):
+        by_name.setdefault(b.name, []).append(i)
+    out = list(bundles)
+    for same in by_name.values():
+        if len(same) < 2:
+            continue
+        options = [[it.option for it in bundles[i].items if it.option.casefold() != bundles[i].headline.casefold()
+                    and not set(it.option.casefold().split()) & template_words]  # no "coffee coffee break"
+                   for i in same]
+        for pos, i in enumerate(same):
+            others = {o for j, opts in enumerate(options) if j != pos for o in opts}
+            own = next((o for o in options[pos] if o not in others), None)
+            if own is not None:
+                out[i] = bundles[i].model_copy(update={
+                    "name": bundle_name(plan, f"{bundles[i].headline} & {own}", need)})
+    return out
 
 
 def distinct(bundles: Sequence[Any], types_of: Callable[[Any], Iterable[str]], k: int,

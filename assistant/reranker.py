@@ -506,6 +506,21 @@ def _scored(
     )
 
 
+def in_relevance_order(bundle: ScoredBundle, relevance: Mapping[str, float],
+                       anchors: Sequence[str]) -> ScoredBundle:
+    """The bundle with the given products first (in their given order), then what it adds,
+    most relevant first (ties by id): a basket completion's card and list lead with the
+    item the ranker rates highest. Scores are untouched; only the order of items moves."""
+    given = {a: k for k, a in enumerate(anchors)}
+    order = sorted(range(len(bundle.item_ids)), key=lambda k: (
+        bundle.item_ids[k] not in given, given.get(bundle.item_ids[k], 0),
+        -round(float(relevance.get(bundle.item_ids[k], 0.0)), 9), bundle.item_ids[k]))
+    if order == list(range(len(order))):
+        return bundle
+    return bundle.model_copy(update={"item_ids": tuple(bundle.item_ids[k] for k in order),
+                                     "items": [bundle.items[k] for k in order]})
+
+
 def score_candidate(candidate: BundleCandidate, ctx: ScoringContext) -> ScoredBundle:
     """Score one bundle without the hard-constraint filter (eval scripts score the
     human-labelled bundles this way). Raises KeyError for ids not in the catalogue."""

@@ -28,6 +28,7 @@ from retrieval.embeddings import Embedder
 from retrieval.filters import mask
 from retrieval.index import Index
 from retrieval.profiles import UserProfile, guest_profile
+from retrieval.ranker import sharpened
 from retrieval.schema import Constraints
 
 from .compose import Composer, Composition, RolePlan, ShopperContext, TypeCatalogue, distinct, parse_need, plan_for
@@ -41,7 +42,15 @@ from .proposer import (
     propose_with_llm,
     propose_with_rules,
 )
-from .reranker import BundleCandidate, BundleItem, ComponentScore, RerankResult, ScoringContext, rerank
+from .reranker import (
+    BundleCandidate,
+    BundleItem,
+    ComponentScore,
+    RerankResult,
+    ScoringContext,
+    in_relevance_order,
+    rerank,
+)
 
 if TYPE_CHECKING:
     from .merchandiser import IdeasResult
@@ -213,7 +222,7 @@ class BundleAssistant:
         if self._llm is None:
             from .llm import get_llm
 
-            self._llm = get_llm(self.settings.llm.model)
+            self._llm = get_llm(self.settings.llm.model, adapter=self.settings.llm.adapter)
         return self._llm
 
     # -- users -----------------------------------------------------------------------
@@ -545,12 +554,15 @@ class BundleAssistant:
                                 MAX_COMPOSED_ITEMS if req.plan is not None else 0,
                                 len(req.anchors) + 1 if req.anchors else 0),
             # the item ranker's relevance: the preference and anchor-item complementarity
-            relevance={c.product_id: c.score for c in req.candidates if c.reason != "anchor"},
+            relevance={c.product_id: sharpened(c.score, self.settings.objective.relevance_temperature)
+                       for c in req.candidates if c.reason != "anchor"},
             anchors=frozenset(req.anchors) | frozenset(req.constraints.pinned),
             item_reasons={c.product_id: c.why for c in req.candidates if c.why},
         )
         if req.plan is None:
             req.result = rerank(req.proposals, ctx, req.k)
+            if req.anchors:
+                req.result.ranked = [in_relevance_order(b, ctx.relevance, req.anchors) for b in req.result.ranked]
         else:  # shown bundles are real alternatives: distinct product types
             full = rerank(req.proposals, ctx, None)
             # the bundles of the kinds the shopper named lead; the usual alternatives follow

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from assistant.cli import CLIError, _emit, _positive_float, _positive_int, _settings
+from assistant.llm.adapter import AdapterError
 
 PROTOCOLS = ["cj-completion", "bundlerec-completion", "bundlerec-generation", "shopper-scenarios"]
 
@@ -44,6 +45,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tune-baselines", action="store_true",
                    help="with --split dev: choose the tunable baselines' parameters on the dev cases and record "
                         "them in OUT/dev-choices.json, which later runs read")
+    p.add_argument("--adapter", help="the llm variants load this LoRA adapter on the base model (a folder, or a "
+                                     "shipped name such as smollm2-bundles); refused when it was trained on a "
+                                     "case of this split")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_eval)
 
@@ -90,10 +94,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CLIError(f"--data-dir {args.data_dir} is not a folder")
     if args.tune_baselines and args.split != "dev":
         raise CLIError("--tune-baselines chooses parameters on the dev split only: add --split dev")
-    result = run_protocol(args.protocol, data_dir=args.data_dir, cases=args.cases, seed=args.seed,
-                          variants=variants, out=args.out, work_dir=args.work_dir, limit=args.limit,
-                          llm_cases=args.llm_cases if args.llm_cases else -1, progress=not args.json,
-                          split=args.split, tune_baselines=args.tune_baselines)
+    settings = None
+    if args.adapter:
+        from retrieval.config import Settings
+
+        settings = Settings()
+        settings.llm.adapter = args.adapter
+    try:
+        result = run_protocol(args.protocol, data_dir=args.data_dir, cases=args.cases, seed=args.seed,
+                              variants=variants, out=args.out, work_dir=args.work_dir, limit=args.limit,
+                              llm_cases=args.llm_cases if args.llm_cases else -1, progress=not args.json,
+                              split=args.split, tune_baselines=args.tune_baselines, settings=settings)
+    except AdapterError as exc:
+        raise CLIError(str(exc)) from None
     name = args.protocol + ("-dev" if args.split == "dev" else "")
     _emit(args, result, f"wrote {args.out}/{name}.json and .md")
     return 0

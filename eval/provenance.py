@@ -32,7 +32,7 @@ def versions() -> dict[str, str]:
 
 def command_line(protocol: str, data_dir, cases: int | None, seed: int, variants: Sequence[str], out,
                  limit: int | None, llm_cases: int | None, default_llm_cases: int | None,
-                 split: str = "test", tune_baselines: bool = False) -> str:
+                 split: str = "test", tune_baselines: bool = False, adapter: str | None = None) -> str:
     """The ``bundle-assistant eval`` command that reproduces a run."""
     parts = ["bundle-assistant eval", f"--protocol {protocol}"]
     if data_dir:
@@ -48,6 +48,8 @@ def command_line(protocol: str, data_dir, cases: int | None, seed: int, variants
         parts.append(f"--llm-cases {llm_cases}")
     if limit:
         parts.append(f"--limit {limit}")
+    if adapter:
+        parts.append(f"--adapter {adapter}")
     parts.append(f"--out {out}")
     return " ".join(parts)
 

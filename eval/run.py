@@ -67,8 +67,9 @@ class CachedLLM:
     generating again. Timed-out answers are not kept. ``seconds`` lists the time of every
     real generation (for the timings block)."""
 
-    def __init__(self, model: str | None = None):
+    def __init__(self, model: str | None = None, adapter: str | None = None):
         self.model = model
+        self.adapter = adapter
         self._llm = None
         self._memo: dict[str, object] = {}
         self.seconds: list[float] = []
@@ -78,7 +79,7 @@ class CachedLLM:
         if self._llm is None:
             from assistant.llm import get_llm
 
-            self._llm = get_llm(self.model)
+            self._llm = get_llm(self.model, adapter=self.adapter)
         return self._llm
 
     @property
@@ -258,6 +259,10 @@ def run_protocol(
     chunk = load_split(protocol, Path(data_dir) if data_dir else None, cases, seed, limit, split)
     if not chunk.cases:
         raise ValueError(f"{protocol}: no evaluation case in this data (try a larger --limit)")
+    if settings is not None and settings.llm.adapter and any(v != "rule" for v in variants):
+        from assistant.llm.adapter import check_adapter
+
+        check_adapter(settings.llm.adapter, chunk)  # an adapter that saw these cases is refused, with why
     timings["split"] = round(time.perf_counter() - t0, 2)
 
     stage(f"building the eval index from the training part ({len(chunk.train.products)} products)")
@@ -266,7 +271,7 @@ def run_protocol(
     embedder = Embedder(cache_dir=work_dir / "cache")
     eval_set, index_info = build_eval_index(chunk.train, protocol, work_dir, embedder, progress, settings)
     timings["index"] = round(time.perf_counter() - t, 2)
-    assistant = BundleAssistant(eval_set, llm=CachedLLM(eval_set.llm.model), embedder=embedder)
+    assistant = BundleAssistant(eval_set, llm=CachedLLM(eval_set.llm.model, eval_set.llm.adapter), embedder=embedder)
     data = None if protocol == "bundlerec-generation" else BaselineData.from_index(
         assistant.index, chunk.train.interactions)
 
@@ -313,7 +318,8 @@ def run_protocol(
         "git": git_commit(),
         "versions": versions(),
         "command": command_line(protocol, data_dir, cases, seed, variants, out, limit, llm_cases,
-                                DEFAULT_LLM_CASES[protocol], split, tune_baselines),
+                                DEFAULT_LLM_CASES[protocol], split, tune_baselines,
+                                settings.llm.adapter if settings is not None else None),
         "config": {
             "cases_requested": cases,
             "cases": len(chunk.cases),

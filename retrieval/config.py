@@ -150,6 +150,11 @@ class ObjectiveConfig(BaseModel):
         }
     )
     redundancy_penalty: float = 0.2
+    # How sharply the item ranker's relevance enters preference and complementarity:
+    # sigmoid(raw / T). LambdaRank's raw score has no natural scale (only its order is
+    # trained), so T was chosen on the cj-completion dev split (500 cases, seed 0; type
+    # NDCG@10 0.3104 at T = 1, 0.3126 at 0.5, 0.3095 at 0.25; eval/README.md).
+    relevance_temperature: float = Field(default=0.5, gt=0)
 
     @field_validator("weights")
     @classmethod
@@ -314,6 +319,9 @@ class RankerConfig(BaseModel):
 
 class LLMConfig(BaseModel):
     model: str | None = None  # None: the packaged SmolLM2 GGUF
+    # a LoRA adapter merged into the model: a folder, or the name of one shipped in
+    # assistant/llm/adapters ("smollm2-bundles"); None (the default) is the base model
+    adapter: str | None = None
     # Two bundles of compact JSON take ~110-130 tokens; at ~20 tokens/s on 2 CPU cores
     # that keeps an LLM proposal near 6-7 s. Three bundles need ~220 tokens.
     max_new_tokens: int = 150

@@ -134,6 +134,15 @@ def sigmoid(x: np.ndarray | float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
+def sharpened(relevance: float, temperature: float) -> float:
+    """``sigmoid(logit(relevance) / temperature)``: the relevance of the raw score divided
+    by ``temperature``, for any relevance in [0, 1] (a fallback score included)."""
+    if temperature == 1.0:
+        return relevance
+    p = min(1.0 - 1e-12, max(1e-12, float(relevance)))
+    return float(sigmoid(np.log(p / (1.0 - p)) / temperature))
+
+
 # --- features -------------------------------------------------------------------------------
 
 

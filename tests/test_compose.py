@@ -16,6 +16,8 @@ from fakes import pick_candidates
 
 from assistant.compose import (
     MAX_TYPE_JACCARD,
+    ComposedBundle,
+    ComposedItem,
     Composer,
     RolePlan,
     ShopperContext,
@@ -32,6 +34,7 @@ from assistant.compose import (
     plan_for,
     portions,
     quantity,
+    told_apart,
     units_per_pack,
 )
 from assistant.nlu.need import Need
@@ -141,6 +144,29 @@ def test_a_multipack_counts_its_cans():
 
 # --- names and distinctness ---------------------------------------------------------------
 
+def _bundle(head: str, *options: str) -> ComposedBundle:
+    items = [ComposedItem(product_id=f"{head}-{o}", quantity=1, role=o, option=o, unit_price=1.0)
+             for o in (head.lower(), *options)]
+    return ComposedBundle(name="", items=items, headline=head, prior=0.0, types=list(options))
+
+
+def test_bundles_that_would_share_a_name_are_told_apart_by_an_option_only_they_have():
+    need = parse_need("dinner for two")
+    plan = plan_for(need, types=None)  # type: ignore[arg-type]
+    shown = [_bundle("Tofu", "potatoes", "broccoli"), _bundle("Tofu", "rice", "broccoli"), _bundle("Bean", "rice")]
+    shown = [b.model_copy(update={"name": bundle_name(plan, b.headline, need)}) for b in shown]
+    assert [b.name for b in told_apart(shown, plan, need)] == [
+        "Tofu & potatoes dinner for 2", "Tofu & rice dinner for 2", "Bean dinner for 2"]
+    # an option that repeats the name's own words is no help ("coffee coffee break"); a
+    # bundle with nothing of its own keeps its name, which is already the only one left
+    office = parse_need("coffee and pastries for the office")
+    coffee = plan_for(office, types=None)  # type: ignore[arg-type]
+    pair = [_bundle("Pastry", "ground coffee", "sugar"), _bundle("Pastry", "ground coffee", "sweetener")]
+    pair = [b.model_copy(update={"name": bundle_name(coffee, b.headline, office)}) for b in pair]
+    assert [b.name for b in told_apart(pair, coffee, office)] == [
+        "Pastry & sugar coffee break", "Pastry & sweetener coffee break"]
+
+
 def test_names_come_from_roles_and_are_never_cut_mid_word():
     plan = plan_for(parse_need("taco night for four"), types=None)  # type: ignore[arg-type]
     assert bundle_name(plan, "Beef", parse_need("taco night for four")) == "Beef taco night for 4"
@@ -163,7 +189,8 @@ def test_distinct_keeps_only_real_alternatives():
 def _name_vocabulary() -> set[str]:
     lexicon = load_lexicon()
     texts = [o.name for o in lexicon.occasions] + [r.label for r in lexicon.roles.values()]
-    return {w for t in texts for w in re.findall(r"[a-z&'-]+", t.lower())} | {"for", "a", "week", "days"}
+    # "&" joins a headline and the option that tells two same-named bundles apart
+    return {w for t in texts for w in re.findall(r"[a-z&'-]+", t.lower())} | {"for", "a", "week", "days", "&"}
 
 
 def _types(assistant, bundle) -> set[str]:

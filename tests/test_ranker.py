@@ -22,6 +22,8 @@ from retrieval.ranker import (
     _without_bundles,
     basket_queries,
     bundle_queries,
+    sharpened,
+    sigmoid,
     train_ranker,
 )
 from retrieval.schema import Constraints
@@ -241,3 +243,15 @@ def test_rule_bundles_walk_down_the_relevance_list(cj_assistant):
     third = propose_with_rules(cands, catalogue, lambda a, b: 0.0, lambda p: True, constraints=Constraints(),
                                n_bundles=3, size=3)[2]
     assert third.item_ids == (ids[0], ids[5], ids[1])
+
+
+def test_sharpened_relevance_divides_the_raw_score_and_keeps_the_order() -> None:
+    raws = [-3.0, -0.4, 0.0, 0.7, 2.5]
+    rel = [float(sigmoid(r)) for r in raws]
+    assert [sharpened(p, 1.0) for p in rel] == rel  # T = 1: the plain sigmoid, untouched
+    for t in (0.25, 0.5, 2.0):
+        got = [sharpened(p, t) for p in rel]
+        assert got == pytest.approx([float(sigmoid(r / t)) for r in raws], rel=1e-9)
+        assert got == sorted(got)  # a monotone map: the ranker's order is kept
+    assert sharpened(0.9, 0.5) > 0.9 > sharpened(0.9, 2.0)  # below 1 spreads, above 1 squeezes
+    assert 0.0 < sharpened(0.0, 0.5) < 1e-6 and sharpened(1.0, 0.5) > 1 - 1e-6  # clipped ends stay finite

@@ -22,6 +22,7 @@ from assistant.reranker import (
     ScoringContext,
     bundle_embedding,
     hard_constraint_violations,
+    in_relevance_order,
     rerank,
     score_candidate,
 )
@@ -399,3 +400,13 @@ def test_lookalike_bundles_keep_only_the_best() -> None:
     assert len(result.ranked) == 1
     assert result.ranked[0].item_ids == ("a2", "b")  # the more popular SKU scores higher
     assert any(reason.startswith("lookalike") for _, reason in result.rejected)
+
+
+def test_a_completion_lists_the_given_product_first_then_the_most_relevant_addition():
+    relevance = {"p1": 0.2, "p3": 0.9, "p6": 0.5}
+    scored = one(rerank([cand("p1", "p2", "p6", "p3")], ctx(relevance=relevance, anchors=frozenset({"p2"})), 1))
+    ordered = in_relevance_order(scored, relevance, ["p2"])
+    assert ordered.item_ids == ("p2", "p3", "p6", "p1")
+    assert [i.product_id for i in ordered.items] == list(ordered.item_ids)  # the cards follow the ids
+    assert ordered.score == scored.score and ordered.score_breakdown == scored.score_breakdown
+    assert in_relevance_order(ordered, relevance, ["p2"]) is ordered  # already in order: unchanged

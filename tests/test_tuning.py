@@ -97,6 +97,20 @@ def test_eval_refuses_an_adapter_trained_on_its_test_split(electronic, tmp_path:
         check_adapter(_fake_adapter(tmp_path / "seed0", seed0), P.bundlerec_generation(electronic, 1))
 
 
+def test_eval_command_refuses_a_leaky_adapter_before_building_anything(electronic, tmp_path: Path, capsys) -> None:
+    from assistant.cli import main
+
+    leaked = sorted(split_keys(P.bundlerec_generation(electronic, 0)))[:2]
+    adapter = _fake_adapter(tmp_path / "leaky", leaked)
+    work = tmp_path / "work"
+    code = main(["eval", "--protocol", "bundlerec-generation", "--data-dir", str(DEFAULT_BUNDLEREC),
+                 "--variants", "llm+rule", "--adapter", str(adapter), "--work-dir", str(work),
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "adapter leaky was trained on 2 source(s) this eval split tests on" in err
+    assert not work.exists() and not (tmp_path / "out").exists()
+
+
 def _tiny_examples() -> list[T.Example]:
     # short on purpose: the test trains on the real model on a busy 2-core machine
     pairs = [("snacks for a movie", "Movie night"), ("tacos for four", "Taco night"),
