@@ -217,7 +217,8 @@ def test_relevance_reaches_the_bundles_and_the_json(cj_assistant):
     top = rec.bundles[0]
     added = [i for i in top.item_ids if i != anchor]
     pref = top.score_breakdown["preference"].value
-    assert pref == pytest.approx(np.mean([relevance[i] for i in added]), abs=1e-3)
+    temperature = cj_assistant.settings.objective.relevance_temperature  # how sharply it enters the objective
+    assert pref == pytest.approx(np.mean([sharpened(relevance[i], temperature) for i in added]), abs=1e-3)
     assert any(top.item_reasons.values())
     dumped = json.loads(rec.model_dump_json())
     assert "item_reasons" in dumped["bundles"][0]
