@@ -953,7 +953,7 @@ class Composer:
             picked.append(ComposedBundle(name=bundle_name(plan, head, need), items=items, headline=head,
                                          prior=prior, types=kinds))
             shown[head] = shown.get(head, 0) + 1
-        picked = told_apart(picked, plan, need)
+        picked = told_apart(picked, plan, need, {k: spec.label for k, spec in self.lexicon.roles.items()})
         if len(picked) < k and comp.fallback is not None:
             # the named kinds gave too few distinct bundles: the usual alternatives follow them
             for b in self.compose(comp.fallback, k, max_jaccard):
@@ -1024,10 +1024,13 @@ def bundle_name(plan: RolePlan, headline: str, need: Need) -> str:
     return cut_words(base)
 
 
-def told_apart(bundles: list[ComposedBundle], plan: RolePlan, need: Need) -> list[ComposedBundle]:
+def told_apart(bundles: list[ComposedBundle], plan: RolePlan, need: Need,
+               labels: Mapping[str, str] | None = None) -> list[ComposedBundle]:
     """Bundles that would share a name ("Tofu dinner for 2" twice) are each named after
     their headline and the first option no other of them has ("Tofu & rice dinner for 2",
-    "Tofu & potatoes dinner for 2"); one with no such option keeps its name."""
+    "Tofu & potatoes dinner for 2"); one with no such option keeps its name. ``labels``:
+    option key -> its headline label, to leave out the headline's own option."""
+    labels = labels or {}
     template_words = set(plan.name_template.casefold().replace("{h}", " ").split())
     by_name: dict[str, list[int]] = {}
     for i, b in enumerate(bundles):
@@ -1036,15 +1039,17 @@ def told_apart(bundles: list[ComposedBundle], plan: RolePlan, need: Need) -> lis
     for same in by_name.values():
         if len(same) < 2:
             continue
-        options = [[it.option for it in bundles[i].items if it.option.casefold() != bundles[i].headline.casefold()
-                    and not set(it.option.casefold().split()) & template_words]  # no "coffee coffee break"
+        options = [[o for o in dict.fromkeys(it.option.split("#")[0] for it in bundles[i].items)  # a swap's key
+                    if (labels.get(o) or o).casefold() != bundles[i].headline.casefold()
+                    and not set(o.casefold().split()) & template_words]  # no "coffee coffee break"
                    for i in same]
         for pos, i in enumerate(same):
             others = {o for j, opts in enumerate(options) if j != pos for o in opts}
             own = next((o for o in options[pos] if o not in others), None)
-            if own is not None:
-                out[i] = bundles[i].model_copy(update={
-                    "name": bundle_name(plan, f"{bundles[i].headline} & {own}", need)})
+            name = bundle_name(plan, f"{bundles[i].headline} & {own}", need) if own is not None else ""
+            tail = bundles[i].name[len(bundles[i].headline):]
+            if name and name.endswith(tail):  # too long to keep "... for 8" whole: the plain name stays
+                out[i] = bundles[i].model_copy(update={"name": name})
     return out
 
 

@@ -157,6 +157,19 @@ def test_bundles_that_would_share_a_name_are_told_apart_by_an_option_only_they_h
     shown = [b.model_copy(update={"name": bundle_name(plan, b.headline, need)}) for b in shown]
     assert [b.name for b in told_apart(shown, plan, need)] == [
         "Tofu & potatoes dinner for 2", "Tofu & rice dinner for 2", "Bean dinner for 2"]
+    # one option split by catalogue category ("steak#0", "steak#1") is the headline itself
+    # under its label, never a name ("Steak & steak#1 dinner")
+    cuts = [_bundle("Steak", "rice"), _bundle("Steak", "rice")]
+    cuts = [b.model_copy(update={"name": "Steak dinner for 2", "items": [
+        b.items[0].model_copy(update={"option": f"steak#{k}"}), *b.items[1:]]}) for k, b in enumerate(cuts)]
+    assert [b.name for b in told_apart(cuts, plan, need, {"steak": "Steak"})] == ["Steak dinner for 2"] * 2
+    # a qualified name too long to keep "for 8" whole is not used: the plain name stays
+    feast = parse_need("thanksgiving dinner for 8")
+    thanks = plan_for(feast, types=None)  # type: ignore[arg-type]
+    two = [_bundle("Turkey", "cranberry sauce"), _bundle("Turkey", "gravy")]
+    two = [b.model_copy(update={"name": bundle_name(thanks, b.headline, feast)}) for b in two]
+    assert [b.name for b in told_apart(two, thanks, feast)] == [
+        "Turkey Thanksgiving dinner for 8", "Turkey & gravy Thanksgiving dinner for 8"]
     # an option that repeats the name's own words is no help ("coffee coffee break"); a
     # bundle with nothing of its own keeps its name, which is already the only one left
     office = parse_need("coffee and pastries for the office")
