@@ -132,6 +132,16 @@ def test_healthier_swaps_sugary_and_fried_kinds_by_the_documented_rule():
     assert any({"grapes", "strawberries", "apples"} <= set(r) for r in options(healthier))  # the candy's
 
 
+def test_a_healthy_breakfast_asks_for_healthier_kinds_and_leaves_processed_meat_out():
+    need = start("a quick healthy breakfast").need
+    assert need.healthier  # "healthy" in the first message, as "healthier" later
+    breakfast = options(need)
+    assert not {"bacon", "breakfast sausage"} & {o for r in breakfast for o in r}
+    assert any("yogurt" in r for r in breakfast)  # the morning protein role keeps its yogurt
+    assert ["yogurt"] in options(start("healthy brunch for 4").need)  # bacon and sausage gone: their swap
+    assert not start("breakfast for 4").need.healthier
+
+
 def test_lexicon_references_are_defined():
     lexicon = load_lexicon()
     for group, kinds in [*lexicon.groups.items(), *lexicon.healthier_swaps.items()]:

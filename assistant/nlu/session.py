@@ -173,7 +173,7 @@ _CHEAPER_RE = re.compile(
     r"more affordable|spend less|costs? less|budget[- ]friendly|más barato|mas barato|más económico|"
     r"mas economico|barato)\b", re.IGNORECASE)
 _HEALTHIER_RE = re.compile(
-    r"\b(?:healthier|more healthy|more nutritious|less (?:sugar|sugary|junk|processed)|lighter|"
+    r"\b(?:healthier|healthy|nutritious|more healthy|more nutritious|less (?:sugar|sugary|junk|processed)|lighter|"
     r"better for (?:me|us|you)|más sano|mas sano|más saludable|mas saludable|saludable)\b", re.IGNORECASE)
 _SERVINGS_RE = re.compile(
     rf"\b(?:for|para|feed(?:s)?|serves?|make it for)\s+(?P<n>\d{{1,4}}|{_NUM})"
