@@ -140,7 +140,8 @@ def sharpened(relevance: float, temperature: float) -> float:
     if temperature == 1.0:
         return relevance
     p = min(1.0 - 1e-12, max(1e-12, float(relevance)))
-    return float(sigmoid(np.log(p / (1.0 - p)) / temperature))
+    # math on one float, not numpy: a request sharpens every candidate (~500)
+    return 1.0 / (1.0 + math.exp(-math.log(p / (1.0 - p)) / temperature))
 
 
 # --- features -------------------------------------------------------------------------------
