@@ -1020,7 +1020,8 @@ def markdown(report: dict[str, Any]) -> str:
              f"Scenario file `{report['scenarios_file']}` ({report['scenario_count']} scenarios, "
              f"{report['multi_turn_count']} multi-turn, {report['merchandiser_count']} merchandiser); "
              f"index `{report['data_dir']}`; commit `{report.get('git', {}).get('commit')}`"
-             f"{' (dirty tree)' if report.get('git', {}).get('dirty') else ''}.", "",
+             f"{' (dirty tree)' if report.get('git', {}).get('dirty') else ''}"
+             f"{'; LLM adapter `' + report['adapter'] + '`' if report.get('adapter') else ''}.", "",
              "| variant | scenarios passed | checks passed | shopper scenarios | multi-turn | merchandiser | seconds |",
              "|---|---|---|---|---|---|---|"]
     for name, v in report["variants"].items():
@@ -1067,6 +1068,7 @@ def run_scenarios(
         "protocol": PROTOCOL, "scenarios_file": str(scenarios), "data_dir": str(assistant.settings.data_dir),
         "scenario_count": len(chosen), "multi_turn_count": sum(s.multi_turn for s in chosen),
         "merchandiser_count": sum(s.role == "merchandiser" for s in chosen), "variants": {},
+        "adapter": assistant.settings.llm.adapter,  # the llm+rule variant's LoRA adapter (None: the base model)
     }
     try:
         from .run import git_commit
