@@ -1,6 +1,6 @@
 """Chat latency as a shopper sees it, measured through ``gradio_client``.
 
-    python bench/bench_ui.py [--data-dir DIR] [--limit 50] [--turns 4] [--concurrency 1 5] [--no-llm]
+    python bench/bench_ui.py [--data-dir DIR] [--limit 50] [--turns 4] [--concurrency 1 5] [--no-llm] [--adapter NAME]
 
 Launches the app in-process on 127.0.0.1 and plays multi-turn chats. Per turn it
 records, from the moment the message is submitted:
@@ -116,10 +116,12 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=4, help="turns per session")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--no-llm", action="store_true")
+    parser.add_argument("--adapter", help="a LoRA adapter on the model (e.g. smollm2-bundles); writes ui-<name>.json")
     args = parser.parse_args()
 
     data_dir = args.data_dir or default_data_dir(args.limit)
     settings = Settings(data_dir=data_dir)
+    settings.llm.adapter = args.adapter
     app.ensure_index(settings, limit=args.limit)
     assistant = BundleAssistant(settings)
     use_llm = app.warm_up(assistant, not args.no_llm)
@@ -137,8 +139,9 @@ def main() -> None:
     one = results.get("1", next(iter(results.values())))
     met = {name: one[name].get("p95", float("inf")) <= limit for name, limit in TARGETS.items()}
     llm = assistant.llm if use_llm else None
-    write("ui", {
-        "use_llm": use_llm, "model": llm.name if llm else None, "device": llm.device if llm else "cpu",
+    write(f"ui-{Path(args.adapter).name}" if args.adapter else "ui", {
+        "use_llm": use_llm, "model": llm.name if llm else None, "adapter": args.adapter,
+        "device": llm.device if llm else "cpu",
         "data_dir": str(data_dir), "products": int(len(assistant.index.products)),
         "load_avg_before": [round(x, 2) for x in load_before], "load_avg_after": [round(x, 2) for x in os.getloadavg()],
         "targets": TARGETS, "targets_met_p95_single_session": met, "results": results,
