@@ -282,7 +282,8 @@ def bundle_items(
     LLM config's ``max_bundle_size``. In ``rule`` and ``llm+rule`` modes the rule
     clusters only the kit's items (:func:`kit_of`; all items when there is no kit), and
     the kit itself comes first, before its ``n_bundles`` disjoint parts: a shopper sees
-    the whole set, then the smaller bundles inside it. ``kit_threshold=None`` turns the
+    the whole set, then the smaller bundles inside it (the kit is not bound by ``max_size``;
+    it holds at most ``KIT_MAX`` items). ``kit_threshold=None`` turns the
     kit off; ``whole_if_none`` returns all the items as one bundle when nothing else is
     found (lists of at most ``KIT_MAX`` items).
     """
