@@ -753,6 +753,8 @@ class Composer:
         self.types = types
         self.department_of = department_of
         self.lexicon = lexicon or load_lexicon()
+        # option key -> the label a bundle name uses for it (told_apart reads it per request)
+        self.option_labels = {k: spec.label for k, spec in self.lexicon.roles.items()}
 
     # -- products of an option ------------------------------------------------------
     def ranked_products(self, spec: RoleSpec, ctx: ShopperContext) -> list[str]:
@@ -953,7 +955,7 @@ class Composer:
             picked.append(ComposedBundle(name=bundle_name(plan, head, need), items=items, headline=head,
                                          prior=prior, types=kinds))
             shown[head] = shown.get(head, 0) + 1
-        picked = told_apart(picked, plan, need, {k: spec.label for k, spec in self.lexicon.roles.items()})
+        picked = told_apart(picked, plan, need, self.option_labels)
         if len(picked) < k and comp.fallback is not None:
             # the named kinds gave too few distinct bundles: the usual alternatives follow them
             for b in self.compose(comp.fallback, k, max_jaccard):

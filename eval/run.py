@@ -259,10 +259,11 @@ def run_protocol(
     chunk = load_split(protocol, Path(data_dir) if data_dir else None, cases, seed, limit, split)
     if not chunk.cases:
         raise ValueError(f"{protocol}: no evaluation case in this data (try a larger --limit)")
-    if settings is not None and settings.llm.adapter and any(v != "rule" for v in variants):
+    adapter = (settings or Settings()).llm.adapter  # what the eval's settings will load (eval_settings)
+    if adapter and any(v != "rule" for v in variants):
         from assistant.llm.adapter import check_adapter
 
-        check_adapter(settings.llm.adapter, chunk)  # an adapter that saw these cases is refused, with why
+        check_adapter(adapter, chunk)  # an adapter that saw these cases is refused, with why
     timings["split"] = round(time.perf_counter() - t0, 2)
 
     stage(f"building the eval index from the training part ({len(chunk.train.products)} products)")
@@ -318,8 +319,7 @@ def run_protocol(
         "git": git_commit(),
         "versions": versions(),
         "command": command_line(protocol, data_dir, cases, seed, variants, out, limit, llm_cases,
-                                DEFAULT_LLM_CASES[protocol], split, tune_baselines,
-                                settings.llm.adapter if settings is not None else None),
+                                DEFAULT_LLM_CASES[protocol], split, tune_baselines, adapter),
         "config": {
             "cases_requested": cases,
             "cases": len(chunk.cases),
