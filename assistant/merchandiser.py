@@ -1241,8 +1241,9 @@ def generate_ideas(
                            lambda pid: assistant.retriever.allowed(pid, cons), size, min_size)
         proposals += got.bundles
         r = got.report
-        llm_info = {"used": True, "plan": pool.source, "model": r.model, "proposed": r.proposed, "valid": r.valid,
-                    "fallback": r.fallback, "error": r.error, "latency_s": r.latency_s}
+        llm_info = {"used": True, "plan": pool.source, "model": r.model, "proposed": r.proposed,
+                    "valid_before_repair": r.valid_before_repair, "valid": r.valid, "fallback": r.fallback,
+                    "error": r.error, "latency_s": r.latency_s}
         timings["llm"] = round(time.perf_counter() - t, 4)
 
     t = time.perf_counter()

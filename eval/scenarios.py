@@ -806,10 +806,33 @@ class ScenarioResult:
     seconds: float
     transcript: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
+    llm_calls: list[dict[str, Any]] = field(default_factory=list)  # one per LLM proposal (llm_report)
 
     @property
     def passed(self) -> bool:
         return not self.error and all(c.passed for c in self.checks)
+
+
+def llm_report(info: Any) -> dict[str, Any] | None:
+    """The counts of one LLM proposal (a recommendation's ``llm`` block or an ideas
+    result's ``llm`` dict); None when the LLM was not asked (rules only, or busy)."""
+    if info is None:
+        return None
+    get = info.get if isinstance(info, dict) else functools.partial(getattr, info)
+    if not get("used", False):
+        return None
+    return {k: get(k, 0) for k in ("proposed", "valid_before_repair", "valid", "fallback")}
+
+
+def llm_summary(results: Sequence[ScenarioResult]) -> dict[str, Any]:
+    """Valid-before-repair over every LLM proposal of a run: the share of proposed
+    bundles that parsed and validated with no repair (the decoding issue's bar)."""
+    calls = [c for r in results for c in r.llm_calls]
+    proposed = sum(int(c["proposed"]) for c in calls)
+    before = sum(int(c["valid_before_repair"]) for c in calls)
+    return {"calls": len(calls), "proposed": proposed, "valid_before_repair": before,
+            "valid_before_repair_rate": _ratio(before, proposed),
+            "kept": sum(int(c["valid"]) for c in calls), "fallbacks": sum(bool(c["fallback"]) for c in calls)}
 
 
 class _Session:
@@ -825,6 +848,7 @@ class _Session:
         self.shown: list[BundleView] = []
         self.disliked: set[str] = set()
         self.liked: set[str] = set()
+        self.llm_calls: list[dict[str, Any]] = []
 
     def step(self, turn: Turn) -> tuple[Any, str]:
         """Do one step; (the reply or action result, an error message)."""
@@ -833,6 +857,9 @@ class _Session:
             for reply in self.conv.turn(turn.say):  # noqa: B007 - the last reply is the answer
                 pass
             self.shown = self.viewer.bundles(list(getattr(reply, "bundles", []) or []))
+            call = llm_report(getattr(getattr(reply, "recommendation", None), "llm", None))
+            if call is not None:
+                self.llm_calls.append(call)
             return reply, ""
         from assistant.service import ServiceError
 
@@ -918,6 +945,7 @@ class ScenarioRunner:
                 "turn": n, "say": label, "text": screen.text, "chips": screen.chips, "asks": screen.asks,
                 "applied": {k: v for k, v in screen.applied.items() if v}, "shown": [b.as_dict() for b in screen.shown],
             })
+        result.llm_calls = session.llm_calls
 
     def _replay(self, scenario: Scenario, user: str, upto: int) -> list[BundleView]:
         """The screen another user would see after the same first ``upto`` steps."""
@@ -952,6 +980,9 @@ class ScenarioRunner:
         except ServiceError as exc:  # e.g. nothing fits: the message is the answer
             answer, text = [], str(exc)
         ideas = answer if isinstance(answer, list) else (_get(answer, "ideas", "bundles") or [])
+        call = None if isinstance(answer, list) else llm_report(getattr(answer, "llm", None))
+        if call is not None:
+            result.llm_calls.append(call)
         if not text and not ideas:
             notes = [] if isinstance(answer, list) else (_get(answer, "explanations", "notes") or [])
             text = " ".join(str(n) for n in notes)
@@ -1002,6 +1033,7 @@ def summarise(results: Sequence[ScenarioResult]) -> dict[str, Any]:
         "by_role": {role: group([r for r in results if r.role == role])
                     for role in ("shopper", "merchandiser") if any(r.role == role for r in results)},
         "multi_turn": group([r for r in results if r.multi_turn]),
+        "llm": llm_summary(results),
         "seconds": round(sum(r.seconds for r in results), 2),
         "scenario_results": [{"id": r.id, "role": r.role, "user": r.user, "multi_turn": r.multi_turn,
                               "passed": r.passed, "checks": len(r.checks),
@@ -1015,6 +1047,13 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.1f}%"
 
 
+def _llm_cell(llm: dict[str, Any] | None) -> str:
+    if not llm or not llm["proposed"]:
+        return "n/a"
+    return (f"{llm['valid_before_repair']}/{llm['proposed']} ({_pct(llm['valid_before_repair_rate'])}; "
+            f"{llm['calls']} calls, {llm['fallbacks']} fallbacks)")
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"# {PROTOCOL}", "",
              f"Scenario file `{report['scenarios_file']}` ({report['scenario_count']} scenarios, "
@@ -1022,8 +1061,9 @@ def markdown(report: dict[str, Any]) -> str:
              f"index `{report['data_dir']}`; commit `{report.get('git', {}).get('commit')}`"
              f"{' (dirty tree)' if report.get('git', {}).get('dirty') else ''}"
              f"{'; LLM adapter `' + report['adapter'] + '`' if report.get('adapter') else ''}.", "",
-             "| variant | scenarios passed | checks passed | shopper scenarios | multi-turn | merchandiser | seconds |",
-             "|---|---|---|---|---|---|---|"]
+             "| variant | scenarios passed | checks passed | shopper scenarios | multi-turn | merchandiser "
+             "| LLM valid before repair | seconds |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, v in report["variants"].items():
         roles = v["by_role"]
         lines.append(
@@ -1031,7 +1071,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {v['checks_passed']}/{v['checks']} ({_pct(v['check_pass_rate'])}) "
             f"| {_pct(roles.get('shopper', {}).get('scenario_pass_rate'))} "
             f"| {_pct(v['multi_turn']['scenario_pass_rate'])} "
-            f"| {_pct(roles.get('merchandiser', {}).get('scenario_pass_rate'))} | {v['seconds']} |")
+            f"| {_pct(roles.get('merchandiser', {}).get('scenario_pass_rate'))} | {_llm_cell(v.get('llm'))} "
+            f"| {v['seconds']} |")
     for name, v in report["variants"].items():
         lines += ["", f"## {name}: checks by kind", "", "| check | passed | rate |", "|---|---|---|"]
         lines += [f"| {k} | {e['passed']}/{e['total']} | {_pct(e['rate'])} |" for k, e in v["by_check"].items()]

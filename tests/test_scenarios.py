@@ -366,3 +366,28 @@ def test_a_scenario_runs_through_a_real_conversation(cj_assistant, tmp_path):
         reply = list(conv.turn("pasta dinner for two"))[-1]
     shown = [[i["product_id"] for i in b["items"]] for b in pasta["transcript"][0]["shown"]]
     assert shown == [b.item_ids for b in reply.bundles] and shown
+
+
+def test_the_llm_variant_reports_valid_before_repair(cj_slice_dir, embedder, tmp_path):
+    """With the LLM on, every proposal it makes is counted: bundles proposed, those valid
+    before repair, and the rate the decoding issue's bar reads; rules alone ask it nothing."""
+    from fakes import ScriptedLLM
+
+    from assistant.service import BundleAssistant
+    from retrieval.config import Settings
+
+    llm = ScriptedLLM()
+    assistant = BundleAssistant(Settings(data_dir=cj_slice_dir, chroma_url=None), llm=llm, embedder=embedder)
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps({"scenarios": [
+        {"id": "pasta", "turns": [{"say": "pasta dinner for two"}, {"say": "cheaper"}]}]}))
+    report = run_scenarios(path, variants=["rule", "llm+rule"], out=tmp_path / "out", assistant=assistant)
+    rule, both = report["variants"]["rule"]["llm"], report["variants"]["llm+rule"]["llm"]
+    assert rule == {"calls": 0, "proposed": 0, "valid_before_repair": 0, "valid_before_repair_rate": None,
+                    "kept": 0, "fallbacks": 0}
+    assert both["calls"] == llm.structured_calls == 2  # one proposal per said turn
+    assert both["proposed"] == 4  # the scripted model proposes two bundles a call
+    assert 0 <= both["valid_before_repair"] <= both["proposed"]
+    assert both["valid_before_repair_rate"] == round(both["valid_before_repair"] / 4, 4)
+    md = (tmp_path / "out" / "shopper-scenarios.md").read_text()
+    assert "LLM valid before repair" in md and f"{both['valid_before_repair']}/4" in md

@@ -4,47 +4,19 @@ the one two full ``recommend`` calls give."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fakes import pick_candidates
+from fakes import ScriptedLLM
 
 from assistant.conversation import Conversation, bundle_key
 from assistant.feedback import FeedbackStore
-from assistant.llm import ChatModel, Generation
+from assistant.llm import ChatModel
 from assistant.service import BundleAssistant, Retrieved
 from retrieval.config import Settings
 
 HOUSEHOLD = "1"  # in the 5-household slice
 MESSAGE = "pasta night for two"
-INTRO = "Here are some cosy ideas for your evening."
-
-
-class ScriptedLLM:
-    """A deterministic chat model (the :class:`ChatModel` Protocol): a fixed intro when
-    streamed, and candidates 1-3 and 4-6 (valid JSON within the schema) when asked for
-    bundles, so that the LLM pass really adds proposals of its own."""
-
-    name, device = "scripted", "cpu"
-
-    def __init__(self) -> None:
-        self.structured_calls = 0
-
-    @property
-    def busy(self) -> bool:
-        return False
-
-    def chat(self, messages, max_new_tokens=160, timeout_s=20.0, temperature=0.0) -> Generation:
-        return Generation(text=INTRO, new_tokens=9, seconds=0.01, timed_out=False)
-
-    def stream(self, messages, max_new_tokens=160, timeout_s=20.0, temperature=0.0) -> Iterator[str]:
-        for word in INTRO.split(" "):
-            yield word + " "
-
-    def generate_structured(self, messages, output_type, max_new_tokens=160, timeout_s=20.0, temperature=0.0):
-        self.structured_calls += 1
-        return pick_candidates(messages, output_type)
 
 
 def assistant_over(data_dir: Path, embedder) -> tuple[BundleAssistant, ScriptedLLM]:
