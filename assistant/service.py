@@ -222,7 +222,8 @@ class BundleAssistant:
         if self._llm is None:
             from .llm import get_llm
 
-            self._llm = get_llm(self.settings.llm.model, adapter=self.settings.llm.adapter)
+            self._llm = get_llm(self.settings.llm.model, adapter=self.settings.llm.adapter,
+                                  backend=self.settings.llm.backend)
         return self._llm
 
     # -- users -----------------------------------------------------------------------

@@ -17,9 +17,7 @@ Writes bench/results/decode.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,105 +54,13 @@ def dev_prompts(n: int, max_items: int = 10) -> list[dict]:
     return out
 
 
-def guidance_schema(output_type: Any) -> dict:
-    """The pydantic schema as llguidance should enforce it, matching what outlines lets
-    the torch backends write: compact JSON (no free whitespace) and no extra keys."""
-    schema = output_type.model_json_schema()
-
-    def close(node: Any) -> None:
-        if isinstance(node, dict):
-            if node.get("type") == "object":
-                node.setdefault("additionalProperties", False)
-            for v in node.values():
-                close(v)
-        elif isinstance(node, list):
-            for v in node:
-                close(v)
-
-    close(schema)
-    schema["x-guidance"] = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
-    return schema
-
-
-class OrtChatModel:
-    """The ChatModel seam over ONNX Runtime GenAI, enough for ``propose_with_llm``:
-    greedy decoding with the JSON schema enforced by the runtime's llguidance."""
-
-    def __init__(self, folder: Path, hf_tokenizer: Any, name: str) -> None:
-        import onnxruntime_genai as og
-
-        self.og = og
-        self.model = og.Model(str(folder))
-        self.tokenizer = og.Tokenizer(self.model)
-        self.hf_tokenizer = hf_tokenizer
-        self.name = name
-        self.device = "cpu"
-
-    @property
-    def busy(self) -> bool:
-        return False
-
-    def generate_structured(self, messages, output_type, max_new_tokens: int = 160, timeout_s: float = 20.0,
-                            temperature: float = 0.0):
-        from pydantic import ValidationError
-
-        from assistant.llm.base import Structured, flatten_messages
-
-        start = time.monotonic()
-        prompt = self.hf_tokenizer.apply_chat_template(flatten_messages(messages), add_generation_prompt=True,
-                                                       tokenize=False)
-        ids = self.tokenizer.encode(prompt)
-        params = self.og.GeneratorParams(self.model)
-        params.set_search_options(max_length=len(ids) + max_new_tokens, do_sample=False)
-        params.set_guidance("json_schema", json.dumps(guidance_schema(output_type)))
-        gen = self.og.Generator(self.model, params)
-        gen.append_tokens(ids)
-        n, timed_out = 0, False
-        while not gen.is_done():
-            if time.monotonic() - start > timeout_s:
-                timed_out = True
-                break
-            gen.generate_next_token()
-            n += 1
-        raw = self.tokenizer.decode(gen.get_sequence(0)[len(ids):])
-        try:
-            parsed, error = output_type.model_validate_json(raw), None
-        except ValidationError as e:
-            parsed, error = None, str(e)
-        return Structured(raw, parsed, error, n, time.monotonic() - start, timed_out)
-
-
-def export_onnx(hf_folder: Path, out: Path, precision: str = "int4") -> tuple[Path, float]:
-    """``onnxruntime_genai.models.builder`` on a local HF folder (no network)."""
-    if (out / "genai_config.json").is_file():
-        return out, 0.0
-    start = time.perf_counter()
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_folder), "-o", str(out),
-           "-p", precision, "-e", "cpu", "-c", str(out.parent / (out.name + "-cache"))]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0 or not (out / "genai_config.json").is_file():
-        raise RuntimeError(f"ONNX export failed ({done.returncode}): {done.stderr[-800:]}")
-    return out, time.perf_counter() - start
-
-
-def tuned_folder(adapter: str | None) -> Path:
-    """A plain HF folder of the model under test (the adapter merged in), for the export."""
-    from assistant.llm.adapter import read_card, resolve_adapter
+def hf_folder(adapter: str | None) -> Path:
+    """The plain HF folder of the model under test (the adapter merged in), for the export."""
     from assistant.llm.gguf import convert_gguf, packaged_gguf
+    from assistant.llm.loading import merged_folder
 
     base, _ = convert_gguf(packaged_gguf())
-    if adapter is None:
-        return base
-    path = resolve_adapter(adapter)
-    fp = read_card(path)["data"]["examples_fingerprint"][:10]
-    folder = base.parent / f"{base.name}+{path.name}-{fp}"
-    if not (folder / "config.json").is_file():
-        from assistant.llm.loading import load_llm
-
-        llm = load_llm(device="cpu", adapter=path)
-        llm.model.save_pretrained(folder)
-        llm.tokenizer.save_pretrained(folder)
-    return folder
+    return base if adapter is None else merged_folder(base, adapter)[0]
 
 
 def load_backend(name: str, adapter: str | None) -> tuple[Any, dict]:
@@ -165,10 +71,12 @@ def load_backend(name: str, adapter: str | None) -> tuple[Any, dict]:
     if name.startswith("ort-genai"):
         from transformers import AutoTokenizer
 
-        hf = tuned_folder(adapter)
+        from assistant.llm.ort import OrtLLM, export_onnx
+
+        hf = hf_folder(adapter)
         precision = name.rsplit("-", 1)[1]  # int4 or fp32
-        onnx_dir, export_s = export_onnx(hf, hf.parent / f"{hf.name}-onnx-{precision}", precision)
-        return OrtChatModel(onnx_dir, AutoTokenizer.from_pretrained(hf), f"ort-{precision}:{hf.name}"), {
+        onnx_dir, export_s = export_onnx(hf, precision)
+        return OrtLLM(f"ort-{precision}:{hf.name}", onnx_dir, AutoTokenizer.from_pretrained(hf)), {
             "export_s": round(export_s, 1), "onnx_dir": str(onnx_dir)}
     llm = load_llm(device="cpu", adapter=adapter)
     if name == "bf16":

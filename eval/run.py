@@ -67,9 +67,10 @@ class CachedLLM:
     generating again. Timed-out answers are not kept. ``seconds`` lists the time of every
     real generation (for the timings block)."""
 
-    def __init__(self, model: str | None = None, adapter: str | None = None):
+    def __init__(self, model: str | None = None, adapter: str | None = None, backend: str = "auto"):
         self.model = model
         self.adapter = adapter
+        self.backend = backend
         self._llm = None
         self._memo: dict[str, object] = {}
         self.seconds: list[float] = []
@@ -79,7 +80,7 @@ class CachedLLM:
         if self._llm is None:
             from assistant.llm import get_llm
 
-            self._llm = get_llm(self.model, adapter=self.adapter)
+            self._llm = get_llm(self.model, adapter=self.adapter, backend=self.backend)
         return self._llm
 
     @property
@@ -272,7 +273,8 @@ def run_protocol(
     embedder = Embedder(cache_dir=work_dir / "cache")
     eval_set, index_info = build_eval_index(chunk.train, protocol, work_dir, embedder, progress, settings)
     timings["index"] = round(time.perf_counter() - t, 2)
-    assistant = BundleAssistant(eval_set, llm=CachedLLM(eval_set.llm.model, eval_set.llm.adapter), embedder=embedder)
+    llm = CachedLLM(eval_set.llm.model, eval_set.llm.adapter, eval_set.llm.backend)
+    assistant = BundleAssistant(eval_set, llm=llm, embedder=embedder)
     data = None if protocol == "bundlerec-generation" else BaselineData.from_index(
         assistant.index, chunk.train.interactions)
 

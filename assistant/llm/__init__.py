@@ -4,6 +4,7 @@
 * :mod:`.gguf` — the packaged SmolLM2 GGUF, converted once into a cached HF folder;
 * :mod:`.loading` — loading and placement (accelerate on CUDA, float32 on CPU);
 * :mod:`.chat` — the chat model: chat, stream, structured output, time limits;
+* :mod:`.ort` — the same chat model on ONNX Runtime GenAI (the faster CPU decoder);
 * :mod:`.structured` — outlines-constrained JSON, isolating outlines' private override.
 
 Importing this package does not import torch: the heavy names (``LLM``, ``load_llm``,
@@ -21,6 +22,7 @@ from .base import ChatModel, Generation, LLMError, LLMTimeout, Structured, flatt
 _LAZY = {
     "LLM": ".chat",
     "load_llm": ".loading",
+    "load_chat_model": ".loading",
     "get_llm": ".loading",
     "packaged_gguf": ".gguf",
     "fingerprint": ".gguf",
@@ -33,7 +35,7 @@ _LAZY = {
 
 __all__ = ["CACHE_ENV", "LLM", "SMOLLM2_GGUF", "ChatModel", "Generation", "LLMError", "LLMTimeout", "Structured",
            "cache_root", "cached_folder", "convert_gguf", "fingerprint", "flatten_content", "flatten_messages",
-           "get_llm", "load_llm", "packaged_gguf"]
+           "get_llm", "load_chat_model", "load_llm", "packaged_gguf"]
 
 
 def __getattr__(name: str) -> Any:

@@ -7,6 +7,7 @@ torch, so code that only needs the seam (and tests with fakes) stays light.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
@@ -22,6 +23,15 @@ class LLMError(RuntimeError):
 
 class LLMTimeout(LLMError):
     """The time limit ran out before the model could start (e.g. it was busy)."""
+
+
+def deadline_after(max_new_tokens: int, timeout_s: float) -> float:
+    """The monotonic-clock deadline of a generation, once its limits are checked."""
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be >= 1")
+    if not timeout_s > 0:
+        raise ValueError("timeout_s must be > 0")
+    return time.monotonic() + timeout_s
 
 
 @dataclass(frozen=True)

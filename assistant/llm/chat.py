@@ -14,7 +14,7 @@ import torch
 from pydantic import BaseModel, ValidationError
 from transformers import StoppingCriteria
 
-from .base import Generation, LLMError, LLMTimeout, M, Structured, flatten_messages
+from .base import Generation, LLMError, LLMTimeout, M, Structured, deadline_after, flatten_messages
 from .structured import json_processor
 
 
@@ -133,14 +133,6 @@ class LLM:
             raise LLMError(f"{self.name} failed to generate: {e}") from e
         return out[0, inputs["input_ids"].shape[1] :], stop.fired
 
-    @staticmethod
-    def _check(max_new_tokens: int, timeout_s: float) -> float:
-        if max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be >= 1")
-        if not timeout_s > 0:
-            raise ValueError("timeout_s must be > 0")
-        return time.monotonic() + timeout_s
-
     # -- public API
 
     def chat(
@@ -152,7 +144,7 @@ class LLM:
     ) -> Generation:
         """Answer a chat. Greedy unless ``temperature > 0``; stops at ``timeout_s``."""
         start = time.monotonic()
-        deadline = self._check(max_new_tokens, timeout_s)
+        deadline = deadline_after(max_new_tokens, timeout_s)
         inputs = self._encode(messages)
         with self._turn(deadline):
             ids, timed_out = self._generate(inputs, max_new_tokens, deadline, temperature)
@@ -173,7 +165,7 @@ class LLM:
         """
         from transformers import TextIteratorStreamer
 
-        deadline = self._check(max_new_tokens, timeout_s)
+        deadline = deadline_after(max_new_tokens, timeout_s)
         inputs = self._encode(messages)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         cancel = threading.Event()
@@ -221,7 +213,7 @@ class LLM:
         from transformers import LogitsProcessorList
 
         start = time.monotonic()
-        deadline = self._check(max_new_tokens, timeout_s)
+        deadline = deadline_after(max_new_tokens, timeout_s)
         # Built before waiting for the model, so it overlaps another session's turn.
         processor = self._json_processor(output_type)
         inputs = self._encode(messages)

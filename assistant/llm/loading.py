@@ -16,6 +16,7 @@ import torch
 from .base import LLMError
 from .chat import LLM
 from .gguf import convert_gguf, packaged_gguf
+from .ort import OrtLLM
 
 
 def _resolve_device(device: str | None) -> str:
@@ -67,13 +68,44 @@ def _load_pretrained(source: str, device: str) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+BACKENDS = ("auto", "torch", "onnxruntime-genai")
+
+
+def resolve_backend(backend: str, device: str) -> str:
+    """``auto``: onnxruntime-genai on CPU when it is installed (it decodes faster there,
+    see :mod:`.ort`), torch otherwise (a GPU, or no onnxruntime-genai)."""
+    if backend not in BACKENDS:
+        raise LLMError(f"unknown LLM backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    from .ort import available
+
+    return "onnxruntime-genai" if device == "cpu" and available() else "torch"
+
+
+def load_chat_model(
+    model: str | None = None,
+    cache_dir: Path | str | None = None,
+    device: str | None = None,
+    adapter: str | Path | None = None,
+    backend: str = "auto",
+) -> LLM | OrtLLM:
+    """:func:`load_llm` on the ``backend`` asked for: ``torch`` (an :class:`LLM`),
+    ``onnxruntime-genai`` (an :class:`~.ort.OrtLLM`, CPU only) or ``auto``
+    (:func:`resolve_backend`). Both are the same :class:`~.base.ChatModel`."""
+    resolved = _resolve_device(device)
+    if resolve_backend(backend, resolved) == "onnxruntime-genai":
+        return _load_ort(model, cache_dir, resolved, adapter)
+    return load_llm(model, cache_dir, resolved, adapter)
+
+
 def load_llm(
     model: str | None = None,
     cache_dir: Path | str | None = None,
     device: str | None = None,
     adapter: str | Path | None = None,
 ) -> LLM:
-    """Load a causal LM.
+    """Load a causal LM with torch.
 
     ``model``: None for the packaged SmolLM2 GGUF; a local folder; a local ``.gguf`` file
     (converted and cached like the default); or a hub id already in the local cache.
@@ -114,7 +146,62 @@ def load_llm(
     )
 
 
-_shared: dict[tuple[str | None, str | None, str | None, str | None], LLM] = {}
+def _load_ort(model: str | None, cache_dir: Path | str | None, device: str, adapter: str | Path | None) -> OrtLLM:
+    """The ONNX Runtime model of the same weights the torch path would load: the local HF
+    folder, with the adapter merged in and saved once beside it when one is asked for."""
+    from .ort import load_ort_llm
+
+    if device != "cpu":
+        raise LLMError(f"the onnxruntime-genai backend runs on the CPU only, not {device!r}")
+    if model is None or model.endswith(".gguf"):
+        gguf = packaged_gguf() if model is None else Path(model).expanduser()
+        if not gguf.is_file():
+            raise LLMError(f"no GGUF file at {gguf}")
+        folder, _ = convert_gguf(gguf, cache_dir)
+        name = gguf.name.split(".")[0] if model is None else gguf.stem
+    else:
+        folder = Path(model).expanduser()
+        if not (folder / "config.json").is_file():
+            raise LLMError(f"the onnxruntime-genai backend needs a local model folder, not {model!r}")
+        name = folder.name
+    if adapter is not None:
+        folder, adapter_name = merged_folder(folder, adapter)
+        name = f"{name}+{adapter_name}"
+    return load_ort_llm(folder, name)
+
+
+def merged_folder(base: Path, adapter: str | Path) -> tuple[Path, str]:
+    """A plain HF folder of ``base`` with the adapter merged in, saved once (keyed by the
+    adapter's training-examples fingerprint) and renamed into place when complete."""
+    import shutil
+    import tempfile
+
+    from .adapter import apply_adapter, read_card, resolve_adapter
+
+    path = resolve_adapter(adapter)
+    card = read_card(path)
+    adapter_name = str(card.get("name", path.name))
+    key = str(card.get("data", {}).get("examples_fingerprint", ""))[:10] or "untracked"
+    folder = base.parent / f"{base.name}+{path.name}-{key}"
+    if (folder / "config.json").is_file():
+        return folder, adapter_name
+    hf_model, tokenizer = _load_pretrained(str(base), "cpu")
+    hf_model, _ = apply_adapter(hf_model, path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        hf_model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(folder)
+        except OSError:
+            if not (folder / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder, adapter_name
+
+
+_shared: dict[tuple[str | None, str | None, str | None, str | None, str], LLM | OrtLLM] = {}
 _shared_lock = threading.Lock()
 
 
@@ -123,15 +210,16 @@ def get_llm(
     cache_dir: Path | str | None = None,
     device: str | None = None,
     adapter: str | Path | None = None,
-) -> LLM:
-    """:func:`load_llm`, memoised per process so every web session shares one model.
+    backend: str = "auto",
+) -> LLM | OrtLLM:
+    """:func:`load_chat_model`, memoised per process so every web session shares one model.
 
     A failed load is not remembered, so a later call retries. The base and the base with
     an adapter are separate entries (each its own copy of the weights).
     """
     key = (model, None if cache_dir is None else str(cache_dir), device,
-           None if adapter is None else str(adapter))
+           None if adapter is None else str(adapter), backend)
     with _shared_lock:
         if key not in _shared:
-            _shared[key] = load_llm(model, cache_dir, device, adapter)
+            _shared[key] = load_chat_model(model, cache_dir, device, adapter, backend)
         return _shared[key]
