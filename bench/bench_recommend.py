@@ -118,7 +118,8 @@ def main() -> None:
     result = {
         "index": {"source": assistant.index.source, "products": len(assistant.index.products),
                   "profiles": catalogue_users},
-        "llm": {"model": llm.name, "device": str(llm.device), "dtype": str(llm.dtype), "load_s": round(load_s, 2)},
+        "llm": {"model": llm.name, "backend": llm.backend, "device": str(llm.device), "dtype": str(llm.dtype),
+                "load_s": round(load_s, 2)},
         "load_average_start": list(os.getloadavg()),
         "no_llm": run(assistant, users, args.runs_rule, use_llm=False),
         "parsed_no_llm": run_parsed(assistant, users, args.runs_rule),

@@ -141,6 +141,7 @@ def main() -> None:
     llm = assistant.llm if use_llm else None
     write(f"ui-{Path(args.adapter).name}" if args.adapter else "ui", {
         "use_llm": use_llm, "model": llm.name if llm else None, "adapter": args.adapter,
+        "backend": llm.backend if llm else None,
         "device": llm.device if llm else "cpu",
         "data_dir": str(data_dir), "products": int(len(assistant.index.products)),
         "load_avg_before": [round(x, 2) for x in load_before], "load_avg_after": [round(x, 2) for x in os.getloadavg()],

@@ -78,8 +78,12 @@ def dataset_fingerprint(ds: Dataset, settings: Settings) -> str:
     h.update(pd.util.hash_pandas_object(ds.interactions.drop(columns=["timestamp"]), index=False).values.tobytes())
     h.update(ds.interactions["timestamp"].astype("int64").to_numpy().tobytes())
     h.update(settings.profile.model_dump_json().encode())
-    # the ranker is trained at build time, so its settings shape the build too
+    # the ranker is trained at build time, so its settings, model version and features
+    # shape the build too (a build whose saved model no longer loads would fall back)
     h.update(settings.ranker.model_dump_json().encode())
+    from .ranker import FEATURES, VERSION
+
+    h.update(json.dumps([VERSION, list(FEATURES)]).encode())
     return h.hexdigest()[:16]
 
 

@@ -54,6 +54,7 @@ class LLM:
         self.converted = converted  # True when this load ran the GGUF conversion
         self.device = str(model.device)
         self.dtype: torch.dtype = model.dtype
+        self.backend = "torch"
         self._lock = threading.Lock()
         # outlines state, kept per model by assistant.llm.structured
         self.outlines_backend: Any = None

@@ -90,6 +90,7 @@ class OrtLLM:
         self.name = name
         self.device = "cpu"
         self.backend = f"onnxruntime-genai-{precision}"
+        self.dtype = {"fp32": "float32", "int4": "int4"}.get(precision, precision)
         self.folder = folder
         self.model = og.Model(str(folder))
         self.og_tokenizer = og.Tokenizer(self.model)
