@@ -174,7 +174,7 @@ def warm_up(assistant: BundleAssistant, use_llm: bool, out=sys.stderr) -> bool:
     print(f"index and embedder ready in {time.perf_counter() - start:.1f}s", file=out, flush=True)
     if not use_llm:
         return False
-    print("loading the language model (the first run converts and exports it, ~45 s) ...", file=out, flush=True)
+    print("loading the language model (the first run converts it, ~30 s) ...", file=out, flush=True)
     try:
         llm = assistant.llm
     except Exception as exc:

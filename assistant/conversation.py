@@ -899,6 +899,15 @@ class Conversation:
             self._said.update(fresh)
             return fresh
 
+    def _intro_can_race(self, llm: Any) -> bool:
+        """Whether the model's intro may run beside the rule pass (``settings.llm.intro``):
+        not on a shared CPU unless asked, never with a model that holds the GIL while it
+        generates (in-process ONNX Runtime GenAI would stall the rule pass)."""
+        mode = self.assistant.settings.llm.intro
+        if mode == "never" or getattr(llm, "holds_gil", False):
+            return False
+        return mode == "always" or str(getattr(llm, "device", "cpu")).startswith("cuda")
+
     def _llm_is_busy(self) -> bool:
         try:
             return _llm_busy(self.assistant.llm)
@@ -918,7 +927,7 @@ class Conversation:
         ctx = grounding_context([], search.need if search else None, search.message if search else "")
         try:
             llm = self.assistant.llm
-            if _llm_busy(llm):
+            if _llm_busy(llm) or not self._intro_can_race(llm):
                 yield fallback
                 return
             for intro in stream_intro(llm, text, timeout_s=self.intro_timeout_s, stop=stop):

@@ -67,7 +67,7 @@ class CachedLLM:
     generating again. Timed-out answers are not kept. ``seconds`` lists the time of every
     real generation (for the timings block)."""
 
-    def __init__(self, model: str | None = None, adapter: str | None = None, backend: str = "auto"):
+    def __init__(self, model: str | None = None, adapter: str | None = None, backend: str = "torch"):
         self.model = model
         self.adapter = adapter
         self.backend = backend

@@ -325,12 +325,18 @@ class LLMConfig(BaseModel):
     # a LoRA adapter merged into the model: a folder, or the name of one shipped in
     # assistant/llm/adapters ("smollm2-bundles"); None (the default) is the base model
     adapter: str | None = None
-    # how the model decodes: "auto" is onnxruntime-genai on a CPU where it is installed
-    # (1.7x torch's tokens/s on 2 cores, every proposal still valid before repair;
-    # bench/results/decode.json), torch otherwise; or "torch" / "onnxruntime-genai"
-    backend: Literal["auto", "torch", "onnxruntime-genai"] = "auto"
+    # how the model decodes: "torch" (outlines-constrained JSON), or "onnxruntime-genai"
+    # (CPU only: llguidance-constrained JSON, the model in a child process). Alone the
+    # latter decodes faster on 2 cores (13.0 vs 9.7 tokens/s idle, both valid before
+    # repair; bench/results/decode.json), but a chat turn with the tuned adapter took
+    # longer in the app (p50 4.5 s vs 3.5 s, bench/bench_ui.py), so torch is the default.
+    backend: Literal["torch", "onnxruntime-genai"] = "torch"
     # Two bundles of compact JSON take ~110-130 tokens; at ~20 tokens/s on 2 CPU cores
     # that keeps an LLM proposal near 6-7 s. Three bundles need ~220 tokens.
+    # the chat's streamed intro sentence races the rule bundles and gives way to the fixed
+    # one when they are ready first: "gpu" lets the model try only on a GPU (on 2 CPU
+    # cores the bundles won every measured turn, and the race only slowed them)
+    intro: Literal["gpu", "always", "never"] = "gpu"
     max_new_tokens: int = 150
     timeout_s: float = 20.0
     max_bundle_size: int = 4

@@ -104,3 +104,22 @@ def test_an_unfinished_intro_gives_way_once_the_bundles_are_ready():
     assert list(stream_intro(llm, "pasta night", stop=lambda: False))[-1].endswith(".")
     with pytest.raises(ValueError, match="ready first"):
         list(stream_intro(llm, "pasta night", stop=lambda: True))
+
+
+@pytest.mark.parametrize(("mode", "device", "holds_gil", "races"), [
+    ("gpu", "cpu", False, False),  # the default: on a shared CPU the fixed intro, at once
+    ("gpu", "cuda:0", False, True),
+    ("always", "cpu", False, True),
+    ("always", "cpu", True, False),  # a model that holds the GIL would stall the rule pass
+    ("never", "cuda:0", False, False),
+])
+def test_the_model_intro_races_the_cards_only_where_it_can(cj_slice_dir, embedder, tmp_path, mode, device,
+                                                          holds_gil, races):
+    assistant, llm = assistant_over(cj_slice_dir, embedder)
+    assistant.settings.llm.intro = mode
+    llm.device = device
+    llm.holds_gil = holds_gil  # type: ignore[attr-defined]
+    with FeedbackStore(tmp_path / "f.sqlite") as store:
+        conv = Conversation(assistant, store, user_id=HOUSEHOLD, use_llm=True)
+        sources = {r.intro_source for r in conv.turn(MESSAGE) if r.phase == "intro"}
+    assert sources == ({"llm"} if races else {"fallback"}), sources

@@ -16,7 +16,7 @@ import torch
 from .base import LLMError
 from .chat import LLM
 from .gguf import convert_gguf, packaged_gguf
-from .ort import OrtLLM
+from .ort import OrtProcessLLM
 
 
 def _resolve_device(device: str | None) -> str:
@@ -68,19 +68,7 @@ def _load_pretrained(source: str, device: str) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-BACKENDS = ("auto", "torch", "onnxruntime-genai")
-
-
-def resolve_backend(backend: str, device: str) -> str:
-    """``auto``: onnxruntime-genai on CPU when it is installed (it decodes faster there,
-    see :mod:`.ort`), torch otherwise (a GPU, or no onnxruntime-genai)."""
-    if backend not in BACKENDS:
-        raise LLMError(f"unknown LLM backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    if backend != "auto":
-        return backend
-    from .ort import available
-
-    return "onnxruntime-genai" if device == "cpu" and available() else "torch"
+BACKENDS = ("torch", "onnxruntime-genai")
 
 
 def load_chat_model(
@@ -88,13 +76,15 @@ def load_chat_model(
     cache_dir: Path | str | None = None,
     device: str | None = None,
     adapter: str | Path | None = None,
-    backend: str = "auto",
-) -> LLM | OrtLLM:
-    """:func:`load_llm` on the ``backend`` asked for: ``torch`` (an :class:`LLM`),
-    ``onnxruntime-genai`` (an :class:`~.ort.OrtLLM`, CPU only) or ``auto``
-    (:func:`resolve_backend`). Both are the same :class:`~.base.ChatModel`."""
+    backend: str = "torch",
+) -> LLM | OrtProcessLLM:
+    """:func:`load_llm` on the ``backend`` asked for: ``torch`` (an :class:`LLM`) or
+    ``onnxruntime-genai`` (an :class:`~.ort.OrtProcessLLM`, CPU only). Both are the same
+    :class:`~.base.ChatModel`."""
+    if backend not in BACKENDS:
+        raise LLMError(f"unknown LLM backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     resolved = _resolve_device(device)
-    if resolve_backend(backend, resolved) == "onnxruntime-genai":
+    if backend == "onnxruntime-genai":
         return _load_ort(model, cache_dir, resolved, adapter)
     return load_llm(model, cache_dir, resolved, adapter)
 
@@ -146,7 +136,8 @@ def load_llm(
     )
 
 
-def _load_ort(model: str | None, cache_dir: Path | str | None, device: str, adapter: str | Path | None) -> OrtLLM:
+def _load_ort(model: str | None, cache_dir: Path | str | None, device: str,
+              adapter: str | Path | None) -> OrtProcessLLM:
     """The ONNX Runtime model of the same weights the torch path would load: the local HF
     folder, with the adapter merged in and saved once beside it when one is asked for."""
     from .ort import load_ort_llm
@@ -201,7 +192,7 @@ def merged_folder(base: Path, adapter: str | Path) -> tuple[Path, str]:
     return folder, adapter_name
 
 
-_shared: dict[tuple[str | None, str | None, str | None, str | None, str], LLM | OrtLLM] = {}
+_shared: dict[tuple[str | None, str | None, str | None, str | None, str], LLM | OrtProcessLLM] = {}
 _shared_lock = threading.Lock()
 
 
@@ -210,8 +201,8 @@ def get_llm(
     cache_dir: Path | str | None = None,
     device: str | None = None,
     adapter: str | Path | None = None,
-    backend: str = "auto",
-) -> LLM | OrtLLM:
+    backend: str = "torch",
+) -> LLM | OrtProcessLLM:
     """:func:`load_chat_model`, memoised per process so every web session shares one model.
 
     A failed load is not remembered, so a later call retries. The base and the base with
