@@ -1207,7 +1207,7 @@ def generate_ideas(
     if not 1 <= int(k) <= MAX_K:
         raise IdeasError(f"Ask for between 1 and {MAX_K} ideas")
     k = int(k)
-    objective = objective_for(weights, assistant.settings.ideas_objective)
+    objective = objective_for(weights, assistant.settings.objective)
     need = understand_theme(theme or "")
     rule = PLACEMENT_RULES.get(need.placement or "")
     objective = placement_objective(objective, rule)

@@ -345,12 +345,6 @@ class LLMConfig(BaseModel):
     prompt_candidates: int = 12
 
 
-# The default objective's preference : complementarity ratio (0.4 : 0.25) with margin 0.2
-# and no sales term (see Settings.objective).
-SHOPPER_WEIGHTS: dict[str, float] = {"preference": 0.8 * 0.4 / 0.65, "complementarity": 0.8 * 0.25 / 0.65,
-                                     "margin": 0.2, "sales": 0.0}
-
-
 class Settings(BaseModel):
     """Everything tunable, in one place. Build with ``Settings()`` for the defaults."""
 
@@ -361,14 +355,9 @@ class Settings(BaseModel):
     query_embedding_cache: int = 2048
     profile: ProfileConfig = Field(default_factory=ProfileConfig)
     product_features: ProductFeatureConfig = Field(default_factory=ProductFeatureConfig)
-    # the shopper's bundles (recommend, the chat, the completion evals): no sales term.
-    # Chosen on the cj-completion dev split (500 cases, seed 0, type NDCG@10, margin kept
-    # at 0.2, the merchant's lever the trade-off curve reports): sales 0 / 0.05 / 0.10 /
-    # 0.15 gave 0.3170 / 0.3155 / 0.3138 / 0.3126. Mean popularity already enters the item
-    # ranker as features, where it is weighed against the purchase it predicts.
-    objective: ObjectiveConfig = Field(default_factory=lambda: ObjectiveConfig(weights=SHOPPER_WEIGHTS))
-    # a merchandiser's ideas: the full business objective, sales (velocity) included
-    ideas_objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    # one objective for shoppers and merchandisers (eval/README.md: a dev grid that dropped
+    # the sales term gained completion NDCG but broke three shopper scenarios; not adopted)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     catalogue: CatalogueConfig = Field(default_factory=CatalogueConfig)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)

@@ -177,15 +177,14 @@ def test_margin_sweep_keeps_the_other_weights_in_proportion() -> None:
     assert w["preference"] / w["sales"] == pytest.approx(0.4 / 0.15)
 
 
-def test_objective_grid_cells_sum_to_one_and_the_shopper_default_is_a_cell() -> None:
+def test_objective_grid_cells_sum_to_one_and_the_default_is_a_cell() -> None:
     from eval.objective_grid import cell_weights
     from retrieval.config import Settings
 
     w = cell_weights(0.05, 0.3)
     assert sum(w.values()) == pytest.approx(1.0) and (w["sales"], w["margin"]) == (0.05, 0.3)
     assert w["preference"] / w["complementarity"] == pytest.approx(0.4 / 0.25)
-    assert Settings().objective.weights == pytest.approx(cell_weights(0.0, 0.2))  # the dev grid's choice
-    assert Settings().ideas_objective.weights["sales"] == pytest.approx(0.15)
+    assert Settings().objective.weights == pytest.approx(cell_weights(0.15, 0.2))
 
 
 # --- grouping --------------------------------------------------------------------------------

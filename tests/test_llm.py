@@ -171,15 +171,19 @@ PROMPTS = [
 ]
 
 
-@pytest.mark.parametrize("request_text", PROMPTS)
-def test_structured_ids_never_leave_the_enum(llm: LLM, request_text: str) -> None:
-    ids = list(CATALOGUE)
+def pick_messages(request_text: str) -> list[dict[str, str]]:
     listing = "\n".join(f"{i}: {title}" for i, title in CATALOGUE.items())
-    messages = [
+    return [
         {"role": "system", "content": "Pick 2 or 3 products that go together. Reply in JSON."},
         {"role": "user", "content": f"Products:\n{listing}\n\nRequest: {request_text}"},
     ]
-    out = llm.generate_structured(messages, _pick_model(ids), max_new_tokens=60, timeout_s=LIMIT_S)
+
+
+@pytest.mark.parametrize("request_text", PROMPTS)
+def test_structured_ids_never_leave_the_enum(llm: LLM, request_text: str) -> None:
+    ids = list(CATALOGUE)
+    out = llm.generate_structured(pick_messages(request_text), _pick_model(ids), max_new_tokens=60,
+                                  timeout_s=LIMIT_S)
     assert out.ok, (out.raw, out.parse_error)
     assert not out.timed_out
     assert set(out.parsed.item_ids) <= set(ids)

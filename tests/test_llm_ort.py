@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_llm import CATALOGUE, FRUITS, LIMIT_S, PROMPTS, _pick_model
+from test_llm import CATALOGUE, FRUITS, LIMIT_S, PROMPTS, _pick_model, pick_messages
 
 from assistant.llm import ChatModel, LLMError, LLMTimeout, cached_folder, packaged_gguf
 from assistant.llm.loading import load_chat_model
@@ -89,12 +89,8 @@ def test_a_tiny_timeout_cuts_generation_short(ort: OrtProcessLLM) -> None:
 @pytest.mark.parametrize("request_text", PROMPTS)
 def test_structured_ids_never_leave_the_enum(ort: OrtProcessLLM, request_text: str) -> None:
     ids = list(CATALOGUE)
-    listing = "\n".join(f"{i}: {title}" for i, title in CATALOGUE.items())
-    messages = [
-        {"role": "system", "content": "Pick 2 or 3 products that go together. Reply in JSON."},
-        {"role": "user", "content": f"Products:\n{listing}\n\nRequest: {request_text}"},
-    ]
-    out = ort.generate_structured(messages, _pick_model(ids), max_new_tokens=60, timeout_s=LIMIT_S)
+    out = ort.generate_structured(pick_messages(request_text), _pick_model(ids), max_new_tokens=60,
+                                  timeout_s=LIMIT_S)
     assert out.ok, (out.raw, out.parse_error)
     assert set(out.parsed.item_ids) <= set(ids)
     assert "9999" not in out.raw and '"0"' not in out.raw

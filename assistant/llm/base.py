@@ -7,8 +7,10 @@ torch, so code that only needs the seam (and tests with fakes) stays light.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
@@ -32,6 +34,17 @@ def deadline_after(max_new_tokens: int, timeout_s: float) -> float:
     if not timeout_s > 0:
         raise ValueError("timeout_s must be > 0")
     return time.monotonic() + timeout_s
+
+
+@contextmanager
+def holding(lock: threading.Lock, deadline: float, name: str) -> Iterator[None]:
+    """The model's one-generation-at-a-time lock, waited for until ``deadline``."""
+    if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        raise LLMTimeout(f"{name} stayed busy with another request past the time limit")
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,13 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 from pydantic import BaseModel, ValidationError
 from transformers import StoppingCriteria
 
-from .base import Generation, LLMError, LLMTimeout, M, Structured, deadline_after, flatten_messages
+from .base import Generation, LLMError, LLMTimeout, M, Structured, deadline_after, flatten_messages, holding
 from .structured import json_processor
 
 
@@ -93,13 +92,8 @@ class LLM:
         if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise LLMTimeout(f"{self.name} stayed busy with another request past the time limit")
 
-    @contextmanager
-    def _turn(self, deadline: float) -> Iterator[None]:
-        self._acquire(deadline)
-        try:
-            yield
-        finally:
-            self._lock.release()
+    def _turn(self, deadline: float) -> Any:
+        return holding(self._lock, deadline, self.name)
 
     def _generate(
         self,

@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .base import Generation, LLMError, LLMTimeout, M, Structured, deadline_after, flatten_messages
+from .base import Generation, LLMError, M, Structured, deadline_after, flatten_messages, holding
 
 PRECISION = "fp32"  # int4 decodes faster still but lost validity (0.83 before repair, decode.json)
 
@@ -120,14 +120,8 @@ class OrtLLM:
         except Exception as e:
             raise LLMError(f"could not build the prompt for {self.name}: {e}") from e
 
-    @contextmanager
-    def _turn(self, deadline: float) -> Iterator[None]:
-        if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise LLMTimeout(f"{self.name} stayed busy with another request past the time limit")
-        try:
-            yield
-        finally:
-            self._lock.release()
+    def _turn(self, deadline: float) -> Any:
+        return holding(self._lock, deadline, self.name)
 
     def _generator(self, ids: list[int], max_new_tokens: int, temperature: float,
                    guidance: str | None = None) -> Any:
@@ -329,14 +323,10 @@ class OrtProcessLLM:
 
     @contextmanager
     def _turn(self, deadline: float) -> Iterator[None]:
-        if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise LLMTimeout(f"{self.name} stayed busy with another request past the time limit")
-        try:
+        with holding(self._lock, deadline, self.name):
             if self._proc is None or not self._proc.is_alive():
                 self._start()
             yield
-        finally:
-            self._lock.release()
 
     def _ask(self, kind: str, args: tuple, deadline: float) -> Any:
         self._conn.send((kind, args))

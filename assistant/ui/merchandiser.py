@@ -164,7 +164,7 @@ class Merchandiser:
             pseudonymise=lambda value: pseudonymise(value or "-", data_dir=data_dir)))
         catalogue = assistant.index.products
         self.departments = sorted(d for d in catalogue["department"].dropna().unique() if d)
-        self.default_weights = assistant.settings.ideas_objective.weights
+        self.default_weights = assistant.settings.objective.weights
         self.titles = Titles(assistant.index.catalogue)
 
     @property
