@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -67,6 +67,15 @@ class Structured(Generic[M]):
     @property
     def ok(self) -> bool:
         return self.parsed is not None
+
+
+def validated(output_type: type[M], raw: str, new_tokens: int, seconds: float, timed_out: bool) -> Structured[M]:
+    """A structured answer: ``raw`` parsed as ``output_type``, or why it does not parse."""
+    try:
+        parsed, error = output_type.model_validate_json(raw), None
+    except ValidationError as e:
+        parsed, error = None, str(e)
+    return Structured(raw, parsed, error, new_tokens, seconds, timed_out)
 
 
 @runtime_checkable

@@ -10,10 +10,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from transformers import StoppingCriteria
 
-from .base import Generation, LLMError, LLMTimeout, M, Structured, deadline_after, flatten_messages, holding
+from .base import Generation, LLMError, LLMTimeout, M, Structured, deadline_after, flatten_messages, holding, validated
 from .structured import json_processor
 
 
@@ -221,11 +221,7 @@ class LLM:
                 logits_processor=LogitsProcessorList([processor]),
             )
         raw = self.tokenizer.decode(ids, skip_special_tokens=True)
-        try:
-            parsed, error = output_type.model_validate_json(raw), None
-        except ValidationError as e:
-            parsed, error = None, str(e)
-        return Structured(raw, parsed, error, len(ids), time.monotonic() - start, timed_out)
+        return validated(output_type, raw, len(ids), time.monotonic() - start, timed_out)
 
     # -- outlines
 

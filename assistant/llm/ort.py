@@ -23,9 +23,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from .base import Generation, LLMError, M, Structured, deadline_after, flatten_messages, holding
+from .base import Generation, LLMError, M, Structured, deadline_after, flatten_messages, holding, validated
 
 PRECISION = "fp32"  # int4 decodes faster still but lost validity (0.83 before repair, decode.json)
 
@@ -96,7 +96,6 @@ class OrtLLM:
         self.holds_gil = True  # see OrtProcessLLM: in the app the model runs in its own process
         self.folder = folder
         self.model = og.Model(str(folder))
-        self.og_tokenizer = og.Tokenizer(self.model)
         self.tokenizer = tokenizer  # the HF tokenizer: the chat template and decoding
         self.load_seconds = load_seconds
         self.source = source or str(folder)
@@ -206,14 +205,6 @@ class OrtLLM:
         """The raw text of a schema-guided answer, its token count and whether it timed out."""
         new, timed_out, _ = self._run(messages, max_new_tokens, timeout_s, temperature, guidance)
         return self._text(new), len(new), timed_out
-
-
-def validated(output_type: type[M], raw: str, new_tokens: int, seconds: float, timed_out: bool) -> Structured[M]:
-    try:
-        parsed, error = output_type.model_validate_json(raw), None
-    except ValidationError as e:
-        parsed, error = None, str(e)
-    return Structured(raw, parsed, error, new_tokens, seconds, timed_out)
 
 
 # --- the model in its own process ----------------------------------------------------------
