@@ -125,7 +125,9 @@ def session(cj_slice_dir, embedder, tmp_path_factory):
     attached = _attach(handler)
 
     recorder = PromptRecorder()
-    assistant = BundleAssistant(Settings(data_dir=cj_slice_dir, chroma_url=None), llm=recorder, embedder=embedder)
+    settings = Settings(data_dir=cj_slice_dir, chroma_url=None)
+    settings.llm.intro = "always"  # the intro's prompt is checked too (on a CPU it is skipped by default)
+    assistant = BundleAssistant(settings, llm=recorder, embedder=embedder)
     store = FeedbackStore(data / "feedback.sqlite")
     personas = app.discover_personas(assistant, n=5)
     demo = app.build_app(assistant, use_llm=True, personas=personas, feedback=store, merch_credentials=CREDS)
