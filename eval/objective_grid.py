@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from .completion import RECOMMEND_K, CompletionRunner, score_completion_block, system_ranking
+from .completion import CompletionRunner, score_completion_block
 from .run import CHOICES_FILE, CachedLLM, build_eval_index, dataset_key, default_work_dir, load_split, read_choices
 
 BASELINE = "buy-again+cooccurrence"
@@ -55,17 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     cells = [(float(s), float(m)) for s in args.sales.split(",") for m in args.margin.split(",")]
     names = []
     for sales, margin in cells:
-        name = f"system:sales={sales:g},margin={margin:g}"
-        lists, margins = {}, {}
-        for case in chunk.cases:
-            rec = assistant.recommend(user_id=case.user_id, anchors=case.anchors, k=RECOMMEND_K, use_llm=False,
-                                      mode="rule", weights=cell_weights(sales, margin))
-            lists[case.case_id] = system_ranking(rec, case.anchors)
-            if rec.bundles:
-                margins[case.case_id] = rec.bundles[0].margin_rate
-        runner.lists[name], runner.shown[name], runner.margins[name] = lists, lists, margins
-        names.append(name)
-        print(f"{name} done", file=sys.stderr, flush=True)
+        names.append(runner.run_variant("rule", chunk.cases, cell_weights(sales, margin),
+                                        name=f"system:sales={sales:g},margin={margin:g}"))
+        print(f"{names[-1]} done", file=sys.stderr, flush=True)
     block = score_completion_block(runner, [BASELINE, *names], chunk.cases, ["type"], ("type", "ndcg@10"), args.seed)
     scores = block["levels"]["type"]["scores"]
     print(json.dumps({name: {"ndcg@10": round(scores[name]["ndcg@10"]["mean"], 4),

@@ -331,12 +331,12 @@ class LLMConfig(BaseModel):
     # repair; bench/results/decode.json), but a chat turn with the tuned adapter took
     # longer in the app (p50 4.5 s vs 3.5 s, bench/bench_ui.py), so torch is the default.
     backend: Literal["torch", "onnxruntime-genai"] = "torch"
-    # Two bundles of compact JSON take ~110-130 tokens; at ~20 tokens/s on 2 CPU cores
-    # that keeps an LLM proposal near 6-7 s. Three bundles need ~220 tokens.
     # the chat's streamed intro sentence races the rule bundles and gives way to the fixed
     # one when they are ready first: "gpu" lets the model try only on a GPU (on 2 CPU
     # cores the bundles won every measured turn, and the race only slowed them)
     intro: Literal["gpu", "always", "never"] = "gpu"
+    # Two bundles of compact JSON take ~110-130 tokens; at ~20 tokens/s on 2 CPU cores
+    # that keeps an LLM proposal near 6-7 s. Three bundles need ~220 tokens.
     max_new_tokens: int = 150
     timeout_s: float = 20.0
     max_bundle_size: int = 4

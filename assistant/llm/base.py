@@ -36,11 +36,16 @@ def deadline_after(max_new_tokens: int, timeout_s: float) -> float:
     return time.monotonic() + timeout_s
 
 
-@contextmanager
-def holding(lock: threading.Lock, deadline: float, name: str) -> Iterator[None]:
-    """The model's one-generation-at-a-time lock, waited for until ``deadline``."""
+def acquire_by(lock: threading.Lock, deadline: float, name: str) -> None:
+    """Take the model's one-generation-at-a-time lock, waiting no later than ``deadline``."""
     if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
         raise LLMTimeout(f"{name} stayed busy with another request past the time limit")
+
+
+@contextmanager
+def holding(lock: threading.Lock, deadline: float, name: str) -> Iterator[None]:
+    """The model's lock (:func:`acquire_by`), held for the ``with`` block."""
+    acquire_by(lock, deadline, name)
     try:
         yield
     finally:

@@ -13,7 +13,7 @@ import torch
 from pydantic import BaseModel
 from transformers import StoppingCriteria
 
-from .base import Generation, LLMError, LLMTimeout, M, Structured, deadline_after, flatten_messages, holding, validated
+from .base import Generation, LLMError, M, Structured, acquire_by, deadline_after, flatten_messages, holding, validated
 from .structured import json_processor
 
 
@@ -88,10 +88,6 @@ class LLM:
             raise LLMError(f"could not build the prompt for {self.name}: {e}") from e
         return {k: v.to(self.model.device) for k, v in enc.items()}
 
-    def _acquire(self, deadline: float) -> None:
-        if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise LLMTimeout(f"{self.name} stayed busy with another request past the time limit")
-
     def _turn(self, deadline: float) -> Any:
         return holding(self._lock, deadline, self.name)
 
@@ -165,7 +161,7 @@ class LLM:
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         cancel = threading.Event()
         errors: list[LLMError] = []
-        self._acquire(deadline)
+        acquire_by(self._lock, deadline, self.name)  # released by the worker when it ends
 
         def work() -> None:
             try:

@@ -14,6 +14,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .base import LLMError
@@ -103,8 +104,8 @@ def convert_gguf(gguf: Path, cache_dir: Path | str | None = None) -> tuple[Path,
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temp(target)
     log.info("converting %s to %s (once; takes ~30 s on 2 CPU cores)", gguf, target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32
         )
@@ -117,19 +118,31 @@ def convert_gguf(gguf: Path, cache_dir: Path | str | None = None) -> tuple[Path,
             del model.config.quantization_config
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not _is_complete(target):  # not a lost race: a real failure
-                raise
-            return target, False
+
+    try:
+        return target, save_atomically(target, write)
     except LLMError:
         raise
     except Exception as e:
         raise LLMError(f"could not convert GGUF model {gguf}: {e}") from e
+
+
+def save_atomically(target: Path, write: Callable[[Path], None], marker: str = "config.json") -> bool:
+    """Let ``write`` fill a temporary sibling folder, then rename it to ``target``: a killed
+    write never leaves a half-written folder behind, and two racing processes both end up
+    with one complete one (``marker`` inside it). Whether this call's folder landed."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        write(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / marker).is_file():  # not a lost race: a real failure
+                raise
+            return False
+        return True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target, True
 
 
 def _remove_stale_temp(target: Path, older_than_s: float = 3600.0) -> None:

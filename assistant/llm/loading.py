@@ -15,7 +15,7 @@ import torch
 
 from .base import LLMError
 from .chat import LLM
-from .gguf import convert_gguf, packaged_gguf
+from .gguf import convert_gguf, packaged_gguf, save_atomically
 from .ort import OrtProcessLLM
 
 
@@ -71,6 +71,21 @@ def _load_pretrained(source: str, device: str) -> tuple[Any, Any]:
 BACKENDS = ("torch", "onnxruntime-genai")
 
 
+def _model_source(model: str | None, cache_dir: Path | str | None) -> tuple[str, str, bool]:
+    """(what ``from_pretrained`` reads, the model's display name, whether this call ran
+    the GGUF conversion) for ``model`` as :func:`load_llm` takes it."""
+    if model is None or model.endswith(".gguf"):
+        gguf = packaged_gguf() if model is None else Path(model).expanduser()
+        if not gguf.is_file():
+            raise LLMError(f"no GGUF file at {gguf}")
+        folder, converted = convert_gguf(gguf, cache_dir)
+        return str(folder), gguf.name.split(".")[0] if model is None else gguf.stem, converted
+    path = Path(model).expanduser()
+    if _looks_like_path(model) and not path.exists():
+        raise LLMError(f"no model at local path {path}")
+    return (str(path), path.name, False) if path.exists() else (model, model, False)
+
+
 def load_chat_model(
     model: str | None = None,
     cache_dir: Path | str | None = None,
@@ -106,20 +121,7 @@ def load_llm(
     """
     start = time.perf_counter()
     device = _resolve_device(device)
-    converted = False
-    if model is None or model.endswith(".gguf"):
-        gguf = packaged_gguf() if model is None else Path(model).expanduser()
-        if not gguf.is_file():
-            raise LLMError(f"no GGUF file at {gguf}")
-        folder, converted = convert_gguf(gguf, cache_dir)
-        name = gguf.name.split(".")[0] if model is None else gguf.stem
-        source = str(folder)
-    else:
-        path = Path(model).expanduser()
-        if _looks_like_path(model) and not path.exists():
-            raise LLMError(f"no model at local path {path}")
-        name = path.name if path.exists() else model
-        source = str(path) if path.exists() else model
+    source, name, converted = _model_source(model, cache_dir)
     hf_model, tokenizer = _load_pretrained(source, device)
     if adapter is not None:
         from .adapter import apply_adapter
@@ -144,17 +146,11 @@ def _load_ort(model: str | None, cache_dir: Path | str | None, device: str,
 
     if device != "cpu":
         raise LLMError(f"the onnxruntime-genai backend runs on the CPU only, not {device!r}")
-    if model is None or model.endswith(".gguf"):
-        gguf = packaged_gguf() if model is None else Path(model).expanduser()
-        if not gguf.is_file():
-            raise LLMError(f"no GGUF file at {gguf}")
-        folder, _ = convert_gguf(gguf, cache_dir)
-        name = gguf.name.split(".")[0] if model is None else gguf.stem
-    else:
-        folder = Path(model).expanduser()
-        if not (folder / "config.json").is_file():
-            raise LLMError(f"the onnxruntime-genai backend needs a local model folder, not {model!r}")
-        name = folder.name
+    gguf = model is None or model.endswith(".gguf")
+    if not gguf and not (Path(str(model)).expanduser() / "config.json").is_file():
+        raise LLMError(f"the onnxruntime-genai backend needs a local model folder, not {model!r}")
+    source, name, _ = _model_source(model, cache_dir)
+    folder = Path(source)
     if adapter is not None:
         folder, adapter_name = merged_folder(folder, adapter)
         name = f"{name}+{adapter_name}"
@@ -164,9 +160,6 @@ def _load_ort(model: str | None, cache_dir: Path | str | None, device: str,
 def merged_folder(base: Path, adapter: str | Path) -> tuple[Path, str]:
     """A plain HF folder of ``base`` with the adapter merged in, saved once (keyed by the
     adapter's training-examples fingerprint) and renamed into place when complete."""
-    import shutil
-    import tempfile
-
     from .adapter import apply_adapter, read_card, resolve_adapter
 
     path = resolve_adapter(adapter)
@@ -178,17 +171,12 @@ def merged_folder(base: Path, adapter: str | Path) -> tuple[Path, str]:
         return folder, adapter_name
     hf_model, tokenizer = _load_pretrained(str(base), "cpu")
     hf_model, _ = apply_adapter(hf_model, path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         hf_model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        try:
-            tmp.rename(folder)
-        except OSError:
-            if not (folder / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    save_atomically(folder, write)
     return folder, adapter_name
 
 

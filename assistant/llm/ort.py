@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from .base import Generation, LLMError, M, Structured, deadline_after, flatten_messages, holding, validated
+from .gguf import save_atomically
 
 PRECISION = "fp32"  # int4 decodes faster still but lost validity (0.83 before repair, decode.json)
 
@@ -66,17 +67,15 @@ def export_onnx(hf_folder: Path, precision: str = PRECISION) -> tuple[Path, floa
     if (out / "genai_config.json").is_file():
         return out, 0.0
     start = time.perf_counter()
-    tmp = out.parent / f".{out.name}.tmp-{time.time_ns()}"
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_folder), "-o", str(tmp),
-           "-p", precision, "-e", "cpu", "-c", str(out.parent / f".{out.name}-cache")]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0 or not (tmp / "genai_config.json").is_file():
-        raise LLMError(f"ONNX export of {hf_folder} failed ({done.returncode}): {done.stderr[-800:]}")
-    try:
-        tmp.rename(out)
-    except OSError:
-        if not (out / "genai_config.json").is_file():  # not a lost race: a real failure
-            raise
+
+    def write(tmp: Path) -> None:
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_folder), "-o", str(tmp),
+               "-p", precision, "-e", "cpu", "-c", str(out.parent / f".{out.name}-cache")]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0 or not (tmp / "genai_config.json").is_file():
+            raise LLMError(f"ONNX export of {hf_folder} failed ({done.returncode}): {done.stderr[-800:]}")
+
+    save_atomically(out, write, marker="genai_config.json")
     return out, time.perf_counter() - start
 
 
@@ -92,7 +91,7 @@ class OrtLLM:
         self.name = name
         self.device = "cpu"
         self.backend = f"onnxruntime-genai-{precision}"
-        self.dtype = {"fp32": "float32", "int4": "int4"}.get(precision, precision)
+        self.dtype = "float32" if precision == "fp32" else precision
         self.holds_gil = True  # see OrtProcessLLM: in the app the model runs in its own process
         self.folder = folder
         self.model = og.Model(str(folder))
@@ -267,7 +266,7 @@ class OrtProcessLLM:
         self.name = name
         self.device = "cpu"
         self.backend = f"onnxruntime-genai-{precision}"
-        self.dtype = {"fp32": "float32", "int4": "int4"}.get(precision, precision)
+        self.dtype = "float32" if precision == "fp32" else precision
         self.folder, self.hf_folder = folder, hf_folder
         self.source = str(hf_folder)
         self._lock = threading.Lock()
