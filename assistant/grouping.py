@@ -13,7 +13,7 @@ Two proposers, as for recommendations, and one deterministic judge:
   Clusters grow while the mean affinity between two clusters stays above
   ``RULE_THRESHOLD`` and the merged size stays within ``max_size``. Each cluster of >= 2
   items is a bundle, named after the deepest category its items share.
-* ``llm``: the ``bundle_items`` prompt lists the items by number; outlines constrains the
+* ``llm``: the ``bundle_items`` prompt lists the items by number; llguidance constrains the
   answer to a JSON schema whose item ids can only be those numbers (the same
   :func:`~assistant.proposer.proposal_schema` as recommendations), so the model cannot
   invent a product. The answer is validated again (known numbers only, no repeats, size

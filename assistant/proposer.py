@@ -1,7 +1,7 @@
 """Bundle proposals: from the LLM (constrained to the candidate numbers) and from rules.
 
 Neither proposer is trusted: the LLM only ever sees numbered candidates and can only
-answer with those numbers (outlines enforces a ``Literal`` enum), its answer is then
+answer with those numbers (llguidance enforces a ``Literal`` enum), its answer is then
 validated again (ids exist, in stock, no duplicates, size bounds) and repaired or
 dropped, and the reranker decides what is shown.
 """

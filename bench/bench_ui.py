@@ -131,7 +131,7 @@ def main() -> None:
     url = app.launch(demo, port=None, prevent_thread_lock=True, quiet=True)
     load_before = os.getloadavg()
     try:
-        session(url, personas[0], 1, 0)  # warm-up turn (first outlines index, caches)
+        session(url, personas[0], 1, 0)  # warm-up turn (llguidance tokenizer, caches)
         results = {str(n): scenario(url, personas, n, args.turns) for n in args.concurrency}
     finally:
         demo.close()

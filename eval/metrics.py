@@ -500,7 +500,8 @@ def valid_output_rate(n_valid_before_repair: int, n_proposed: int) -> float:
     """Share of LLM proposals that parsed and validated before any repair step.
 
     A reliability measure of structured generation (cf. Willard & Louf, "Efficient Guided
-    Generation for Large Language Models", 2023, the method behind outlines).
+    Generation for Large Language Models", 2023, the method behind outlines; llguidance,
+    used here, follows it).
     """
     if n_proposed < 1:
         raise ValueError(f"n_proposed must be >= 1, got {n_proposed}")

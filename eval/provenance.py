@@ -12,7 +12,7 @@ import numpy as np
 from retrieval.gitstate import git_state
 
 VERSIONED = ("torch", "transformers", "accelerate", "sentence-transformers", "chromadb", "langchain-core",
-             "outlines", "ranx", "numpy", "pandas", "scipy", "lightgbm", "bundle-assistant")
+             "llguidance", "ranx", "numpy", "pandas", "scipy", "lightgbm", "bundle-assistant")
 
 
 def git_commit() -> dict:

@@ -263,7 +263,10 @@ class RankerConfig(BaseModel):
     change; 0/1 labels instead of graded 0.3100; ``repeat_types_k`` 100: 0.3090 against
     0.3106, kept at 0). Tried and dropped since: how repeatable a SKU, its type and the
     user's products are for everyone (three "repeat rate" features) lowered the ranked
-    pool from 0.3180 to 0.3150 and the system from 0.3170 to 0.3109.
+    pool from 0.3180 to 0.3150 and the system from 0.3170 to 0.3109. So did what similar
+    shoppers buy (user-kNN as in TIFU-KNN: the 100 most similar households by cosine of
+    their recency-weighted type vectors, their basket share of the SKU and of its type):
+    ranked pool 0.3181, system 0.3130, against 0.3180 and 0.3126 without.
     """
 
     enabled: bool = True
@@ -325,7 +328,7 @@ class LLMConfig(BaseModel):
     # a LoRA adapter merged into the model: a folder, or the name of one shipped in
     # assistant/llm/adapters ("smollm2-bundles"); None (the default) is the base model
     adapter: str | None = None
-    # how the model decodes: "torch" (outlines-constrained JSON), or "onnxruntime-genai"
+    # how the model decodes: "torch" (llguidance-constrained JSON), or "onnxruntime-genai"
     # (CPU only: llguidance-constrained JSON, the model in a child process). Alone the
     # latter decodes faster on 2 cores (13.0 vs 9.7 tokens/s idle, both valid before
     # repair; bench/results/decode.json), but a chat turn with the tuned adapter took

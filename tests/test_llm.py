@@ -190,6 +190,29 @@ def test_structured_ids_never_leave_the_enum(llm: LLM, request_text: str) -> Non
     assert "9999" not in out.raw and '"0"' not in out.raw
 
 
+def test_forced_tokens_cost_no_decoding_step(llm: LLM) -> None:
+    # The schema's keys, quotes and brackets are forced: they ride along with the sampled
+    # token in one forward pass, so the answer takes fewer passes than it has tokens.
+    calls = []
+    hook = llm.model.register_forward_hook(lambda module, args, out: calls.append(1))
+    try:
+        out = llm.generate_structured(pick_messages("salsa for nachos"), _pick_model(list(CATALOGUE)),
+                                      max_new_tokens=60, timeout_s=LIMIT_S)
+    finally:
+        hook.remove()
+    assert out.ok, (out.raw, out.parse_error)
+    assert out.raw.startswith('{"item_ids":["') and '"],"reason":"' in out.raw  # compact JSON
+    assert len(calls) < 0.8 * out.new_tokens, (len(calls), out.new_tokens)
+
+
+def test_sampled_structured_answers_still_validate(llm: LLM) -> None:
+    torch.manual_seed(0)
+    out = llm.generate_structured(pick_messages("a snack"), _pick_model(list(CATALOGUE)), max_new_tokens=60,
+                                  timeout_s=LIMIT_S, temperature=0.8)
+    assert out.ok, (out.raw, out.parse_error)
+    assert set(out.parsed.item_ids) <= set(CATALOGUE)
+
+
 def test_structured_timeout_is_reported(llm: LLM) -> None:
     out = llm.generate_structured(FRUITS, _pick_model(["11", "22", "33"]), 60, timeout_s=0.05)
     assert out.timed_out and not out.ok and out.parse_error

@@ -15,8 +15,9 @@ import pytest
 from test_llm import CATALOGUE, FRUITS, LIMIT_S, PROMPTS, _pick_model, pick_messages
 
 from assistant.llm import ChatModel, LLMError, LLMTimeout, cached_folder, packaged_gguf
+from assistant.llm.base import guidance_schema
 from assistant.llm.loading import load_chat_model
-from assistant.llm.ort import OrtProcessLLM, available, export_onnx, guidance_schema
+from assistant.llm.ort import OrtProcessLLM, available, export_onnx
 
 pytestmark = [pytest.mark.llm, pytest.mark.skipif(not available(), reason="onnxruntime-genai is not installed")]
 
@@ -94,7 +95,7 @@ def test_structured_ids_never_leave_the_enum(ort: OrtProcessLLM, request_text: s
     assert out.ok, (out.raw, out.parse_error)
     assert set(out.parsed.item_ids) <= set(ids)
     assert "9999" not in out.raw and '"0"' not in out.raw
-    assert " " not in out.raw.split('"reason"')[0]  # compact JSON, as outlines writes it
+    assert " " not in out.raw.split('"reason"')[0]  # compact JSON, as the torch backend writes it
 
 
 def test_the_model_runs_beside_python_work_and_survives_its_process(ort: OrtProcessLLM, fruits) -> None:

@@ -56,7 +56,7 @@ def test_grouping_answers_are_the_sessions_own_bundles_in_the_schema_json(mined)
     ex = next(e for e in mined.examples if e.task == "grouping")
     listed = [line.split(":")[0] for line in ex.messages[1][1].splitlines() if line[:1].isdigit()]
     schema = proposal_schema(listed, 5, 2, 4)
-    parsed = schema.model_validate_json(ex.target)  # what outlines lets the model write
+    parsed = schema.model_validate_json(ex.target)  # what the grammar lets the model write
     assert all(b.reason == "" and len(b.name) <= 32 for b in parsed.bundles)
     assert " " not in ex.target.replace('","', "").split('"name":"')[0]  # compact JSON
 

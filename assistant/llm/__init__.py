@@ -5,7 +5,7 @@
 * :mod:`.loading` — loading and placement (accelerate on CUDA, float32 on CPU);
 * :mod:`.chat` — the chat model: chat, stream, structured output, time limits;
 * :mod:`.ort` — the same chat model on ONNX Runtime GenAI (the faster CPU decoder);
-* :mod:`.structured` — outlines-constrained JSON, isolating outlines' private override.
+* :mod:`.structured` — llguidance-constrained JSON, the grammar's forced tokens fed in one pass.
 
 Importing this package does not import torch: the heavy names (``LLM``, ``load_llm``,
 ``get_llm`` ...) are loaded on first access, so code that only needs the seam or the

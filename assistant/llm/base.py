@@ -83,6 +83,26 @@ def validated(output_type: type[M], raw: str, new_tokens: int, seconds: float, t
     return Structured(raw, parsed, error, new_tokens, seconds, timed_out)
 
 
+def guidance_schema(output_type: type[BaseModel]) -> dict:
+    """The pydantic schema as llguidance enforces it: compact JSON (no free whitespace,
+    ``,`` and ``:`` separators, which the tuned adapter was trained on) and no extra keys."""
+    schema = output_type.model_json_schema()
+
+    def close(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "object":
+                node.setdefault("additionalProperties", False)
+            for v in node.values():
+                close(v)
+        elif isinstance(node, list):
+            for v in node:
+                close(v)
+
+    close(schema)
+    schema["x-guidance"] = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
+    return schema
+
+
 @runtime_checkable
 class ChatModel(Protocol):
     """A loaded chat model: one generation at a time, each with a time limit."""

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from pydantic import BaseModel
 from transformers import StoppingCriteria
 
 from .base import Generation, LLMError, M, Structured, acquire_by, deadline_after, flatten_messages, holding, validated
-from .structured import json_processor
+from .structured import JsonDecoder
 
 
 class _Deadline(StoppingCriteria):
@@ -55,10 +53,7 @@ class LLM:
         self.dtype: torch.dtype = model.dtype
         self.backend = "torch"
         self._lock = threading.Lock()
-        # outlines state, kept per model by assistant.llm.structured
-        self.outlines_backend: Any = None
-        self.outlines_indexes: OrderedDict[str, Any] = OrderedDict()
-        self.outlines_lock = threading.Lock()
+        self.json_decoder = JsonDecoder(tokenizer)
 
     def __repr__(self) -> str:
         return (
@@ -196,30 +191,19 @@ class LLM:
     ) -> Structured[M]:
         """Generate JSON that the grammar of ``output_type`` (a pydantic model) allows.
 
-        outlines constrains every token, so ``Literal[...]`` fields can only take the
-        listed values. The result can still fail to validate when ``max_new_tokens`` or
-        ``timeout_s`` cut the JSON short, or on constraints the grammar cannot express
-        (``parse_error`` says which).
+        llguidance constrains every token (:mod:`.structured`), so ``Literal[...]`` fields
+        can only take the listed values, and feeds the tokens the grammar forces in one
+        pass. The result can still fail to validate when ``max_new_tokens`` or
+        ``timeout_s`` cut the JSON short (``parse_error`` says why).
         """
-        from transformers import LogitsProcessorList
-
         start = time.monotonic()
         deadline = deadline_after(max_new_tokens, timeout_s)
         # Built before waiting for the model, so it overlaps another session's turn.
-        processor = self._json_processor(output_type)
+        matcher = self.json_decoder.matcher(output_type)
         inputs = self._encode(messages)
         with self._turn(deadline):
-            ids, timed_out = self._generate(
-                inputs,
-                max_new_tokens,
-                deadline,
-                temperature,
-                logits_processor=LogitsProcessorList([processor]),
+            ids, timed_out = self.json_decoder.generate(
+                self.model, matcher, inputs["input_ids"], max_new_tokens, deadline, temperature
             )
         raw = self.tokenizer.decode(ids, skip_special_tokens=True)
         return validated(output_type, raw, len(ids), time.monotonic() - start, timed_out)
-
-    # -- outlines
-
-    def _json_processor(self, output_type: type[BaseModel]) -> Any:
-        return json_processor(self, output_type)

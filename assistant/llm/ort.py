@@ -23,9 +23,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
-from .base import Generation, LLMError, M, Structured, deadline_after, flatten_messages, holding, validated
+from .base import (
+    Generation,
+    LLMError,
+    M,
+    Structured,
+    deadline_after,
+    flatten_messages,
+    guidance_schema,
+    holding,
+    validated,
+)
 from .gguf import save_atomically
 
 PRECISION = "fp32"  # int4 decodes faster still but lost validity (0.83 before repair, decode.json)
@@ -36,26 +44,6 @@ def available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("onnxruntime_genai") is not None
-
-
-def guidance_schema(output_type: type[BaseModel]) -> dict:
-    """The pydantic schema as llguidance should enforce it, matching what outlines lets
-    the torch model write: compact JSON (no free whitespace) and no extra keys."""
-    schema = output_type.model_json_schema()
-
-    def close(node: Any) -> None:
-        if isinstance(node, dict):
-            if node.get("type") == "object":
-                node.setdefault("additionalProperties", False)
-            for v in node.values():
-                close(v)
-        elif isinstance(node, list):
-            for v in node:
-                close(v)
-
-    close(schema)
-    schema["x-guidance"] = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
-    return schema
 
 
 def export_onnx(hf_folder: Path, precision: str = PRECISION) -> tuple[Path, float]:

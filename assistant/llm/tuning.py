@@ -4,7 +4,7 @@ Three tasks, each mined from data a reported test case never touches:
 
 * ``grouping``: a BundleRec *training* session's items, shown with the production
   ``bundle_items`` prompt, answered with its ground-truth bundles (item numbers) and short
-  intent names, in the exact compact JSON that outlines lets the model write;
+  intent names, in the exact compact JSON that the grammar lets the model write;
 * ``naming``: a training bundle's items (BundleRec intents) or an occasion's roles
   (``assistant/nlu/occasion_roles.json``) -> a short bundle name;
 * ``need``: shopper messages generated from templates over the need lexicon's own
@@ -94,7 +94,7 @@ class Example:
 
 
 def compact(obj: Any) -> str:
-    """JSON as outlines lets the model write it: no whitespace between tokens."""
+    """JSON as the grammar lets the model write it: no whitespace between tokens."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
