@@ -1,6 +1,9 @@
 """The ``bundlerec-generation`` protocol: group each test session's items into bundles,
 with the system (``BundleAssistant.bundle_items``) and with grouping baselines, and score
-them at bundle level (Sun et al., SIGIR 2024) and at pair level (co-bundled item pairs).
+them at bundle level (Sun et al., SIGIR 2024) and at pair level (co-bundled item pairs),
+and score every system's bundle names against the ground-truth intents (:mod:`eval.naming`:
+MiniLM cosine, ROUGE-L; for the LLM variants also the names copied from the prompt and the
+category-path names of the very same bundles, paired-tested).
 
 Baselines (:mod:`eval.baselines`): ``leaf-category``, ``category-overlap`` (its threshold
 chosen on the dev split), ``whole-session`` and ``rule-else-whole-session``. The main
@@ -80,11 +83,19 @@ def run_generation(split: Split, assistant, variants: Sequence[str], llm_cases: 
     base = baseline_groupings(cases, assistant, choices or {}, seconds, predicted.get(system_name("rule")))
     predicted = {**base, **predicted}
 
+    catalogue = assistant.index.catalogue
+    prompts = {}
+    if any(v != "rule" for v in variants):
+        from .naming import grouping_prompt
+
+        max_size = assistant.settings.llm.max_bundle_size
+        prompts = {c.case_id: grouping_prompt(c.items, catalogue, max_size)[2] for c in cases[:n_llm]}
     full = list(BASELINES) + [system_name(v) for v in variants if v == "rule" or n_llm == len(cases)]
-    blocks = {"all": score_generation_block(predicted, reports, full, cases, seed)}
+    blocks = {"all": score_generation_block(predicted, reports, full, cases, seed, catalogue, prompts)}
     if n_llm < len(cases) and any(v != "rule" for v in variants):
         blocks["llm_subset"] = score_generation_block(
-            predicted, reports, list(BASELINES) + [system_name(v) for v in variants], cases[:n_llm], seed)
+            predicted, reports, list(BASELINES) + [system_name(v) for v in variants], cases[:n_llm], seed,
+            catalogue, prompts)
     sample = [
         {"session": c.case_id, "items": len(c.items),
          "ground_truth": [{"intent": intent, "size": len(b)} for intent, b in zip(c.intents, c.bundles)],
@@ -107,10 +118,15 @@ def _session_scores(pairs: list[tuple[list, tuple]]) -> dict[str, list[float]]:
 
 
 def score_generation_block(predicted: dict, reports: dict, systems: list[str],
-                           cases: Sequence[GenerationCase], seed: int) -> dict:
+                           cases: Sequence[GenerationCase], seed: int, catalogue=None,
+                           prompts: dict[str, str] | None = None) -> dict:
+    """Every system's bundle, pair and (with ``catalogue``) intent-name scores on ``cases``,
+    and the paired tests. ``prompts`` (case id -> grouping prompt text) marks the LLM
+    variants' names for the copied-from-prompt count and the category-path comparison."""
     from .completion import llm_summary
+    from .naming import generation_names
 
-    scores, per_session = {}, {}
+    scores, per_session, names = {}, {}, {}
     n_truth = sum(len(c.bundles) for c in cases)
     for s in systems:
         pairs = [([g.item_ids for g in predicted[s][c.case_id]], c.bundles) for c in cases]
@@ -143,6 +159,14 @@ def score_generation_block(predicted: dict, reports: dict, systems: list[str],
             order = list(predicted[s])
             kept = [r for cid, r in zip(order, reports[s]) if cid in ids]
             row.update(llm_summary(kept))
+        if catalogue is not None:
+            llm_named = s in reports and bool(reports[s])
+            names[s] = generation_names(predicted[s], cases, catalogue, seed, prompts if llm_named else None)
+            own = names[s]["names"]
+            row.update({"name_cosine": own["cosine"]["mean"], "name_rouge_l": own["rouge_l"]["mean"],
+                        "names_copied": own["copied_from_prompt"] if llm_named else None})
+            if not llm_named:
+                own.pop("per_case")  # kept for the LLM variants only: runs are compared on them
         scores[s] = row
     baselines = [s for s in systems if not s.startswith("system:")]
     variants = [s for s in systems if s.startswith("system:")]
@@ -162,7 +186,8 @@ def score_generation_block(predicted: dict, reports: dict, systems: list[str],
             "best_baseline": best,
             "baselines_by_main_metric": sorted(baselines, key=lambda b: (-scores[b][MAIN]["mean"], b)),
             "vs_best_baseline": vs_best(scores, tests, variants, best, MAIN),
-            "tests_vs_best_baseline": tests, "tests_vs_each_baseline": vs_each, "tests_vs_rule": vs_rule}
+            "tests_vs_best_baseline": tests, "tests_vs_each_baseline": vs_each, "tests_vs_rule": vs_rule,
+            **({"names": names} if names else {})}
 
 
 # The rule grouping's constants (assistant/grouping.py) are chosen from this grid on the dev

@@ -127,6 +127,41 @@ def category_path_names(bundles: Sequence[Sequence[str]], catalogue: Any) -> lis
     return [common_name(list(b), catalogue) for b in bundles]
 
 
+def grouping_prompt(items: Sequence[str], catalogue: Any, max_size: int = 4) -> tuple[list[dict], int, str]:
+    """The production grouping prompt for a session: its numbered rows, the number of
+    bundles it asks for and its text (as ``assistant.grouping`` renders it)."""
+    from assistant.grouping import MAX_ITEMS
+    from assistant.proposer import numbered
+    from prompts import render
+    from retrieval.candidates import Candidate
+
+    ids = list(dict.fromkeys(items))[:MAX_ITEMS]
+    shown = numbered([Candidate(i, 1.0, ["anchor"]) for i in ids], catalogue, MAX_ITEMS)
+    n_bundles = min(5, max(1, len(ids) // 2))
+    return shown, n_bundles, prompt_text(render("bundle_items", candidates=shown, n_bundles=n_bundles,
+                                                max_size=max_size))
+
+
+def generation_names(bundles: dict[str, Sequence[Any]], cases: Sequence[Any], catalogue: Any, seed: int,
+                     prompts: dict[str, str] | None = None) -> dict:
+    """Name quality of one system's bundles (``bundles[case_id]``: objects with ``name``
+    and ``item_ids``) on ``cases`` against their intents; with ``prompts`` (an LLM
+    variant), also the copies from the prompt and the category-path names of the very
+    same bundles, with paired tests against them."""
+    truth = [list(c.intents) for c in cases]
+    names = [[str(g.name) for g in bundles[c.case_id]] for c in cases]
+    texts = [prompts.get(c.case_id, "") for c in cases] if prompts is not None else None
+    own = score_names(names, truth, texts, seed)
+    out: dict[str, Any] = {"names": own}
+    if prompts is not None:
+        paths = [category_path_names([g.item_ids for g in bundles[c.case_id]], catalogue) for c in cases]
+        path = score_names(paths, truth, None, seed)
+        out["category_path_same_bundles"] = path
+        out["tests_vs_category_path"] = compare_names(own, path, seed)
+        path.pop("per_case")
+    return out
+
+
 def prompt_text(messages: Sequence[dict]) -> str:
     """A rendered prompt (``[{"role", "content"}]``) as the one string ``score_names`` reads."""
     return "\n".join(str(m.get("content", "")) for m in messages)
@@ -140,33 +175,33 @@ def _grouping_run(llm: Any, cases: Sequence[Any], catalogue: Any, progress: bool
     blank model name falls back to the category path, as ``assistant.grouping`` does)."""
     from tqdm.auto import tqdm
 
-    from assistant.grouping import MAX_ITEMS, common_name
-    from assistant.proposer import numbered, propose_with_llm
-    from prompts import render
-    from retrieval.candidates import Candidate
+    from assistant.grouping import common_name
+    from assistant.proposer import propose_with_llm
 
     out: dict[str, list] = {"names": [], "raw_names": [], "bundles": [], "prompts": [], "reports": [],
                             "path_names": []}
     for case in tqdm(cases, desc=llm.name, disable=not progress, leave=False):
-        ids = list(dict.fromkeys(case.items))[:MAX_ITEMS]
-        shown = numbered([Candidate(i, 1.0, ["anchor"]) for i in ids], catalogue, MAX_ITEMS)
-        n_bundles = min(5, max(1, len(ids) // 2))
-        props = propose_with_llm(llm, "bundle_items", {}, shown, set(ids).__contains__, n_bundles=n_bundles,
+        shown, n_bundles, text = grouping_prompt(case.items, catalogue)
+        allowed = {r["product_id"] for r in shown}
+        props = propose_with_llm(llm, "bundle_items", {}, shown, allowed.__contains__, n_bundles=n_bundles,
                                  min_size=2, max_size=4, max_new_tokens=150, timeout_s=60.0)
         out["raw_names"].append([b.name for b in props.bundles])
         out["names"].append([b.name.strip() or common_name(b.item_ids, catalogue) for b in props.bundles])
         out["path_names"].append([common_name(b.item_ids, catalogue) for b in props.bundles])
         out["bundles"].append([b.item_ids for b in props.bundles])
-        out["prompts"].append(prompt_text(render("bundle_items", candidates=shown, n_bundles=n_bundles, max_size=4)))
+        out["prompts"].append(text)
         out["reports"].append(props.report)
     return out
 
 
-def dev_comparison(n_cases: int = 40, adapter: str = "smollm2-bundles", seed: int = 0,
-                   progress: bool = True) -> dict:
-    """Base vs tuned SmolLM2 on the first ``n_cases`` bundlerec-generation DEV sessions of
-    ``seed`` (carved from training data): valid-before-repair, tokens, bundle and pair
-    scores, and name quality against the category-path names of the same bundles."""
+def dev_comparison(n_cases: int | None = 40, adapter: str = "smollm2-bundles", seed: int = 0,
+                   progress: bool = True, split: str = "dev") -> dict:
+    """Base vs tuned SmolLM2 on the first ``n_cases`` (None: all) bundlerec-generation
+    sessions of ``seed``'s ``split`` (``dev``: carved from training data, where choices are
+    made; ``test``: the protocol's test sessions, for reporting only): valid-before-repair,
+    tokens, bundle and pair scores, and name quality against the category-path names of
+    the same bundles."""
+    import dataclasses
     import gc
 
     import eval.protocols as P
@@ -175,13 +210,20 @@ def dev_comparison(n_cases: int = 40, adapter: str = "smollm2-bundles", seed: in
     from retrieval.sources import DEFAULT_BUNDLEREC, load_source
 
     ds = load_source("bundlerec", DEFAULT_BUNDLEREC)
-    dev = P.bundlerec_generation_dev_of(P.bundlerec_generation(ds, seed), seed, n_cases)
-    check_adapter(adapter, dev)  # an adapter trained on these sessions would be refused here
+    test = P.bundlerec_generation(ds, seed)
+    if split == "dev":
+        chosen = P.bundlerec_generation_dev_of(test, seed, n_cases)
+    elif split == "test":
+        chosen = dataclasses.replace(test, cases=test.cases[:n_cases] if n_cases else test.cases)
+    else:
+        raise ValueError(f"split must be 'dev' or 'test', got {split!r}")
+    check_adapter(adapter, chosen)  # an adapter trained on these sessions would be refused here
+    dev = chosen
     catalogue = ds.products.set_index("product_id")
     truth = [list(c.intents) for c in dev.cases]
     runs: dict[str, dict] = {}
     systems: dict[str, dict] = {}
-    result: dict[str, Any] = {"cases": len(dev.cases), "split": "dev", "seed": seed, "adapter": adapter,
+    result: dict[str, Any] = {"cases": len(dev.cases), "split": split, "seed": seed, "adapter": adapter,
                               "systems": systems}
     for label, kwargs in (("base", {}), ("tuned", {"adapter": adapter})):
         llm = load_llm(device="cpu", **kwargs)
@@ -224,13 +266,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     import json
     from pathlib import Path
 
-    parser = argparse.ArgumentParser(description="base vs tuned SmolLM2 on bundlerec-generation dev sessions")
-    parser.add_argument("--cases", type=int, default=40)
+    parser = argparse.ArgumentParser(
+        description="base vs tuned SmolLM2 on bundlerec-generation sessions: validity, tokens, grouping scores "
+                    "and intent-name quality (cosine, ROUGE-L, copies) against category-path names")
+    parser.add_argument("--cases", type=int, default=40, help="first N sessions of the split (0: all)")
+    parser.add_argument("--split", choices=("dev", "test"), default="dev",
+                        help="dev (carved from training data; choices are made here) or test (reporting only)")
     parser.add_argument("--adapter", default="smollm2-bundles")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("eval/results/naming-dev.json"))
+    parser.add_argument("--out", type=Path, help="default: eval/results/naming-<split>.json")
     args = parser.parse_args(argv)
-    result = dev_comparison(args.cases, args.adapter, args.seed)
+    args.out = args.out or Path(f"eval/results/naming-{args.split}.json")
+    result = dev_comparison(args.cases or None, args.adapter, args.seed, split=args.split)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(json.dumps({k: {m: v for m, v in row.items() if m != "sample"} for k, row in result["systems"].items()},

@@ -21,6 +21,9 @@ BEYOND_COLUMNS = (  # (key, header, best is the larger value)
     ("novelty@10", "novelty@10 (bits)", True),
     ("expected_bundle_margin", "bundle margin", True),
     ("invented_product_rate", "invented rate", False),
+    ("name_cosine", "name cosine", True),
+    ("name_rouge_l", "name ROUGE-L", True),
+    ("names_copied", "names copied from prompt", False),
     ("llm_valid_output_rate", "LLM valid before repair", True),
     ("llm_fallback_rate", "LLM fallback", False),
 )
@@ -40,6 +43,9 @@ GENERATION_COLUMNS = (
     ("bundles_per_session", "bundles/session", None),
     ("mean_bundle_size", "mean size", None),
     ("invented_product_rate", "invented rate", False),
+    ("name_cosine", "name cosine", True),
+    ("name_rouge_l", "name ROUGE-L", True),
+    ("names_copied", "names copied from prompt", False),
     ("llm_valid_output_rate", "LLM valid before repair", True),
     ("llm_fallback_rate", "LLM fallback", False),
 )
@@ -223,6 +229,7 @@ def _generation_md(result: dict) -> list[str]:
                 if baseline != block["best_baseline"]:
                     lines += _tests_lines({system: tests}, baseline, tested)
         lines += _tests_lines(block["tests_vs_rule"], "system:rule", tested)
+        lines += _names_md(block.get("names") or {})
     sample = result.get("sample") or []
     if sample:
         systems = sorted({s for row in sample for s in row["predicted"]})
@@ -240,6 +247,25 @@ def _generation_md(result: dict) -> list[str]:
             lines.append(f"| {row['session']} ({row['items']} items) | {gt} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
+
+
+def _names_md(names: dict) -> list[str]:
+    """The LLM variants' intent names against the category-path names of the same bundles."""
+    rows = {s: n for s, n in names.items() if "tests_vs_category_path" in n}
+    if not rows:
+        return []
+    lines = ["Intent names of the LLM variants against the category-path names of the very same bundles "
+             "(MiniLM cosine / ROUGE-L with the closest ground-truth intent; Δ, paired t-test p):", "",
+             "| system | cosine | category path | Δ (p) | ROUGE-L | category path | Δ (p) |",
+             "|---|---|---|---|---|---|---|"]
+    for s, n in rows.items():
+        cells = []
+        for m in ("cosine", "rouge_l"):
+            t = n["tests_vs_category_path"][m]
+            cells += [_fmt(n["names"][m]["mean"]), _fmt(n["category_path_same_bundles"][m]["mean"]),
+                      f"{t['mean_difference']:+.3f} ({_p(t['t_test'])})"]
+        lines.append(f"| `{s}` | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _cell(text: str) -> str:

@@ -339,8 +339,12 @@ def test_cli_bundlerec_generation_end_to_end_with_one_llm_call(
     assert subset["system:llm"]["llm_calls"] == 1 and subset["system:llm+rule"]["llm_calls"] == 1
     assert result["timings"]["llm_generations"] == 1  # llm+rule reused the llm variant's answer
     assert result["sample"] and result["sample"][0]["ground_truth"]
+    llm_names = result["blocks"].get("llm_subset", result["blocks"]["all"])["names"]["system:llm"]
+    assert set(llm_names) == {"names", "category_path_same_bundles", "tests_vs_category_path"}
+    assert isinstance(subset["system:llm"]["names_copied"], int) and subset["system:rule"]["names_copied"] is None
     md = (tmp_path / "bundlerec-generation.md").read_text()
     assert "intent names beside the ground truth" in md
+    assert "category-path names of the very same bundles" in md
 
 
 def test_cli_rejects_unknown_variants_and_missing_data_dir(tmp_path: Path, capsys) -> None:
@@ -363,6 +367,9 @@ def test_cli_generation_reports_pair_metrics_whole_session_and_the_best_baseline
         assert 0 <= row["pair_f1"]["mean"] <= 1 and 0 <= row["found_jaccard50"] <= 1
         assert row["found_exact"] <= row["found_jaccard50"]
     assert block["ground_truth_mean_bundle_size"] >= 2
+    for row in block["scores"].values():  # every system's names are scored against the intents
+        assert -1 <= row["name_cosine"] <= 1 and 0 <= row["name_rouge_l"] <= 1 and row["names_copied"] is None
+    assert block["scores"]["system:rule"]["name_cosine"] > 0  # category names are not empty
     best = block["best_baseline"]
     assert best == max(block["baselines_by_main_metric"], key=lambda b: block["scores"][b]["pair_f1"]["mean"])
     vs = block["vs_best_baseline"]["system:rule"]

@@ -61,3 +61,29 @@ def test_category_path_baseline_names_the_deepest_shared_category() -> None:
         "product_type": ["Batteries", "Memory Cards", "Networking"],
     }, index=["a", "b", "c"])
     assert category_path_names([("a", "b")], catalogue) == ["Camera & Photo"]
+
+
+def test_generation_names_compare_an_llm_variant_with_category_paths_of_its_own_bundles() -> None:
+    from types import SimpleNamespace as NS
+
+    from eval.naming import generation_names
+
+    catalogue = pd.DataFrame({
+        "category": ["Electronics > Camera & Photo > Batteries", "Electronics > Camera & Photo > Memory Cards",
+                     "Electronics > Computers > Networking", "Electronics > Computers > Cables"],
+        "product_type": ["Batteries", "Memory Cards", "Networking", "Cables"],
+    }, index=["a", "b", "c", "d"])
+    cases = [NS(case_id="s1", intents=("Camera batteries and memory cards",)),
+             NS(case_id="s2", intents=("Home office networking cables",))]
+    named = {"s1": [NS(name="Camera batteries and memory", item_ids=("a", "b"))],
+             "s2": [NS(name="candidates", item_ids=("c", "d"))]}
+    out = generation_names(named, cases, catalogue, seed=0, prompts={"s1": OLD_PROMPT, "s2": OLD_PROMPT})
+    assert out["names"]["copied_from_prompt"] == 1 and out["names"]["copied_examples"] == ["candidates"]
+    assert len(out["names"]["per_case"]["cosine"]) == 2
+    path = out["category_path_same_bundles"]
+    assert path["names"] == 2 and path["copied_from_prompt"] == 0
+    # the same bundles, named by category path: the copied name loses to "Computers"
+    assert out["tests_vs_category_path"]["cosine"]["mean_difference"] == pytest.approx(
+        out["names"]["cosine"]["mean"] - path["cosine"]["mean"])
+    rules = generation_names(named, cases, catalogue, seed=0)  # no prompt: a rule or baseline system
+    assert set(rules) == {"names"} and rules["names"]["copied_from_prompt"] == 0
