@@ -327,12 +327,13 @@ class LLMConfig(BaseModel):
     model: str | None = None  # None: the packaged SmolLM2 GGUF
     # a LoRA adapter merged into the model: a folder, or the name of one shipped in
     # assistant/llm/adapters ("smollm2-bundles"); None (the default) is the base model
+    # (the chat app passes "smollm2-bundles" unless told otherwise: app.APP_ADAPTER)
     adapter: str | None = None
-    # how the model decodes: "torch" (llguidance-constrained JSON), or "onnxruntime-genai"
-    # (CPU only: llguidance-constrained JSON, the model in a child process). Alone the
-    # latter decodes faster on 2 cores (13.0 vs 9.7 tokens/s idle, both valid before
-    # repair; bench/results/decode.json), but a chat turn with the tuned adapter took
-    # longer in the app (p50 4.5 s vs 3.5 s, bench/bench_ui.py), so torch is the default.
+    # how the model decodes: "torch" (llguidance-constrained JSON, the grammar's forced
+    # tokens fed in one pass), or "onnxruntime-genai" (CPU only: llguidance inside the
+    # runtime, the model in a child process). With forced tokens torch takes 1.7 s a
+    # tuned proposal against 2.9 s on the runtime (idle, both valid before repair;
+    # bench/results/decode.json), so torch is the default.
     backend: Literal["torch", "onnxruntime-genai"] = "torch"
     # the chat's streamed intro sentence races the rule bundles and gives way to the fixed
     # one when they are ready first: "gpu" lets the model try only on a GPU (on 2 CPU

@@ -108,3 +108,13 @@ def test_first_start_builds_with_one_bar_and_an_eta(cj_slice_dir, embedder, tmp_
     assert "(done): 100%" in bar[-1]
     assert "  [embed]" in text and "index ready." in text
     assert app.ensure_index(settings, out=out) is False  # built once
+
+
+def test_the_app_loads_the_shipped_adapter_unless_told_otherwise():
+    assert app.app_adapter(None, None) == app.APP_ADAPTER
+    assert app.app_adapter("none", None) is None and app.app_adapter("None", None) is None
+    assert app.app_adapter("/my/adapter", None) == "/my/adapter"
+    assert app.app_adapter(None, "some/other-model") is None  # trained for the packaged SmolLM2 only
+    from assistant.llm.adapter import read_card, resolve_adapter
+
+    assert resolve_adapter(app.APP_ADAPTER).is_dir() and read_card(app.APP_ADAPTER)  # it ships, with its card
