@@ -80,7 +80,7 @@ class JsonDecoder:
                         timed_out = True
                         break
                     logits = model(input_ids=feed, cache=cache, use_cache=True, logits_to_keep=1).logits
-                    scores = logits[:, -1, :].float()
+                    scores = logits[:, -1, :].float().cpu()  # the bitmask lives on the CPU
                     llt.fill_next_token_bitmask(matcher, mask, 0)
                     llt.apply_token_bitmask_inplace(scores, mask)
                     token = _pick(scores, temperature)
