@@ -196,6 +196,17 @@ def rule_groups(
     return sorted(groups, key=lambda g: (-g.coherence, g.item_ids))
 
 
+def default_bundle_count(n_items: int) -> int:
+    """How many bundles a grouping of ``n_items`` asks for unless told: half the items,
+    at least 1, at most 5."""
+    return min(5, max(1, n_items // 2))
+
+
+def prompt_rows(ids: Sequence[str], catalogue: pd.DataFrame) -> list[dict]:
+    """The ``bundle_items`` prompt's numbered rows: the first ``MAX_ITEMS`` items."""
+    return numbered([Candidate(i, 1.0, ["anchor"]) for i in ids[:MAX_ITEMS]], catalogue, MAX_ITEMS)
+
+
 def llm_groups(
     assistant: AssistantParts, ids: Sequence[str], affinity: Affinity, *,
     n_bundles: int, max_size: int, min_size: int = 2,
@@ -205,8 +216,7 @@ def llm_groups(
         llm = assistant.llm
     except Exception as exc:  # a model that cannot load is a fallback, not a crash
         return [], ProposalReport(fallback=True, error=f"model failed to load: {exc}")
-    shown = numbered([Candidate(i, 1.0, ["anchor"]) for i in ids[:MAX_ITEMS]],
-                     assistant.index.catalogue, MAX_ITEMS)
+    shown = prompt_rows(ids, assistant.index.catalogue)
     given = set(ids)
     proposals = propose_with_llm(
         llm, "bundle_items", {}, shown, lambda pid: pid in given,
@@ -300,7 +310,7 @@ def bundle_items(
     max_size = max_size or assistant.settings.llm.max_bundle_size
     if max_size < min_size:
         raise ServiceError(f"max_size must be at least {min_size}")
-    n_bundles = n_bundles or min(5, max(1, len(ids) // 2))
+    n_bundles = n_bundles or default_bundle_count(len(ids))
     catalogue = index.catalogue
     affinity = Affinity(index.copurchase.pair_npmi,
                         {i: category_levels(catalogue.at[i, "category"]) for i in ids})

@@ -35,8 +35,7 @@ def dev_prompts(n: int, max_items: int = 10) -> list[dict]:
     """The first ``n`` dev sessions (seed 0) with at most ``max_items`` items, as the
     grouping prompt's numbered rows."""
     import eval.protocols as P
-    from assistant.proposer import numbered
-    from retrieval.candidates import Candidate
+    from assistant.grouping import default_bundle_count, prompt_rows
     from retrieval.sources import DEFAULT_BUNDLEREC, load_source
 
     ds = load_source("bundlerec", DEFAULT_BUNDLEREC)
@@ -46,8 +45,8 @@ def dev_prompts(n: int, max_items: int = 10) -> list[dict]:
     for case in dev.cases:
         if len(case.items) > max_items:
             continue
-        rows = numbered([Candidate(i, 1.0, ["anchor"]) for i in case.items], catalogue, 40)
-        out.append({"case": case.case_id, "rows": rows, "n_bundles": min(5, max(1, len(case.items) // 2)),
+        rows = prompt_rows(list(case.items), catalogue)
+        out.append({"case": case.case_id, "rows": rows, "n_bundles": default_bundle_count(len(case.items)),
                     "intents": list(case.intents)})
         if len(out) >= n:
             break

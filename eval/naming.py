@@ -130,14 +130,12 @@ def category_path_names(bundles: Sequence[Sequence[str]], catalogue: Any) -> lis
 def grouping_prompt(items: Sequence[str], catalogue: Any, max_size: int = 4) -> tuple[list[dict], int, str]:
     """The production grouping prompt for a session: its numbered rows, the number of
     bundles it asks for and its text (as ``assistant.grouping`` renders it)."""
-    from assistant.grouping import MAX_ITEMS
-    from assistant.proposer import numbered
+    from assistant.grouping import default_bundle_count, prompt_rows
     from prompts import render
-    from retrieval.candidates import Candidate
 
-    ids = list(dict.fromkeys(items))[:MAX_ITEMS]
-    shown = numbered([Candidate(i, 1.0, ["anchor"]) for i in ids], catalogue, MAX_ITEMS)
-    n_bundles = min(5, max(1, len(ids) // 2))
+    ids = list(dict.fromkeys(items))
+    shown = prompt_rows(ids, catalogue)
+    n_bundles = default_bundle_count(len(ids))
     return shown, n_bundles, prompt_text(render("bundle_items", candidates=shown, n_bundles=n_bundles,
                                                 max_size=max_size))
 
@@ -167,7 +165,7 @@ def prompt_text(messages: Sequence[dict]) -> str:
     return "\n".join(str(m.get("content", "")) for m in messages)
 
 
-# --- tuned vs base on the dev split (python -m eval.naming) ---------------------------
+# --- tuned vs base on one split (python -m eval.naming) ---------------------------------
 
 
 def _grouping_run(llm: Any, cases: Sequence[Any], catalogue: Any, progress: bool) -> dict:
@@ -194,7 +192,7 @@ def _grouping_run(llm: Any, cases: Sequence[Any], catalogue: Any, progress: bool
     return out
 
 
-def dev_comparison(n_cases: int | None = 40, adapter: str = "smollm2-bundles", seed: int = 0,
+def model_comparison(n_cases: int | None = 40, adapter: str = "smollm2-bundles", seed: int = 0,
                    progress: bool = True, split: str = "dev") -> dict:
     """Base vs tuned SmolLM2 on the first ``n_cases`` (None: all) bundlerec-generation
     sessions of ``seed``'s ``split`` (``dev``: carved from training data, where choices are
@@ -218,22 +216,21 @@ def dev_comparison(n_cases: int | None = 40, adapter: str = "smollm2-bundles", s
     else:
         raise ValueError(f"split must be 'dev' or 'test', got {split!r}")
     check_adapter(adapter, chosen)  # an adapter trained on these sessions would be refused here
-    dev = chosen
     catalogue = ds.products.set_index("product_id")
-    truth = [list(c.intents) for c in dev.cases]
+    truth = [list(c.intents) for c in chosen.cases]
     runs: dict[str, dict] = {}
     systems: dict[str, dict] = {}
-    result: dict[str, Any] = {"cases": len(dev.cases), "split": split, "seed": seed, "adapter": adapter,
+    result: dict[str, Any] = {"cases": len(chosen.cases), "split": split, "seed": seed, "adapter": adapter,
                               "systems": systems}
     for label, kwargs in (("base", {}), ("tuned", {"adapter": adapter})):
         llm = load_llm(device="cpu", **kwargs)
-        runs[label] = _grouping_run(llm, dev.cases, catalogue, progress)
+        runs[label] = _grouping_run(llm, chosen.cases, catalogue, progress)
         del llm
         gc.collect()
     for label, run in runs.items():
         reports = run["reports"]
         proposed = sum(r.proposed for r in reports)
-        pairs = [(b, c.bundles) for b, c in zip(run["bundles"], dev.cases)]
+        pairs = [(b, c.bundles) for b, c in zip(run["bundles"], chosen.cases)]
         sets, pm = M.bundle_generation_metrics(pairs), M.pair_metrics(pairs)
         valid = sum(r.valid_before_repair for r in reports)
         systems[label] = {
@@ -277,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="default: eval/results/naming-<split>.json")
     args = parser.parse_args(argv)
     args.out = args.out or Path(f"eval/results/naming-{args.split}.json")
-    result = dev_comparison(args.cases or None, args.adapter, args.seed, split=args.split)
+    result = model_comparison(args.cases or None, args.adapter, args.seed, split=args.split)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(json.dumps({k: {m: v for m, v in row.items() if m != "sample"} for k, row in result["systems"].items()},

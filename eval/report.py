@@ -21,9 +21,6 @@ BEYOND_COLUMNS = (  # (key, header, best is the larger value)
     ("novelty@10", "novelty@10 (bits)", True),
     ("expected_bundle_margin", "bundle margin", True),
     ("invented_product_rate", "invented rate", False),
-    ("name_cosine", "name cosine", True),
-    ("name_rouge_l", "name ROUGE-L", True),
-    ("names_copied", "names copied from prompt", False),
     ("llm_valid_output_rate", "LLM valid before repair", True),
     ("llm_fallback_rate", "LLM fallback", False),
 )

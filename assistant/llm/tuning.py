@@ -139,9 +139,8 @@ def sessions_with_bundles(ds: Any) -> list[Session]:
 def mine_grouping(ds: Any, max_items: int = GROUP_MAX_ITEMS, max_size: int = GROUP_MAX_SIZE) -> list[Example]:
     """One example a training session: the production prompt and its true bundles."""
     from prompts import render
-    from retrieval.candidates import Candidate
 
-    from ..proposer import numbered
+    from ..grouping import default_bundle_count, prompt_rows
 
     domain = domain_of(ds)
     catalogue = ds.products.assign(product_id=ds.products["product_id"].astype(str)).set_index("product_id")
@@ -150,9 +149,9 @@ def mine_grouping(ds: Any, max_items: int = GROUP_MAX_ITEMS, max_size: int = GRO
         ids = s.items[:GROUP_MAX_ITEMS]
         if len(ids) > max_items:
             continue
-        shown = numbered([Candidate(i, 1.0, ["anchor"]) for i in ids], catalogue, GROUP_MAX_ITEMS)
+        shown = prompt_rows(ids, catalogue)
         number = {row["product_id"]: row["number"] for row in shown}
-        n_bundles = min(5, max(1, len(ids) // 2))  # as assistant.grouping.bundle_items
+        n_bundles = default_bundle_count(len(ids))
         answer = []
         for (_, items), intent in zip(s.bundles, s.intents):
             nums = [number[i] for i in ids if i in items][:max_size]
