@@ -272,6 +272,10 @@ class RankerConfig(BaseModel):
     ``min_data_in_leaf`` 200 0.3071 / 0.3128, and ``label_days`` 56 0.3101 / 0.3136; none
     was adopted (each: the dev split's index rebuilt with the one setting changed,
     ``eval.run.build_eval_index``, then the system and its ranked pool on the 500 cases).
+    More training queries did not help either: a second six-week label window before the
+    last one (its own history, 9,000 more queries) 0.3039 / 0.3116, and two anchors per
+    label basket (two queries each) 0.3078 / 0.3139, against the control's 0.3121 / 0.3176,
+    each also ~1.6x the training time; neither was kept.
     """
 
     enabled: bool = True
