@@ -380,9 +380,11 @@ def plan_for(need: Need, types: TypeCatalogue, *, query_vec: np.ndarray | None =
         plan = _occasion_plan(occasion, need, banned, lexicon)
         if plan.roles:
             relaxed = _occasion_plan(occasion, need, banned, lexicon, relaxed=True)
-            shaped = _with_asked_roles(plan, need, banned, lexicon, types)
+            named = _named_outside(occasion, need, lexicon)
+            asked = need.model_copy(update={"add_roles": [*need.add_roles, *named]}) if named else need
+            shaped = _with_asked_roles(plan, asked, banned, lexicon, types)
             if relaxed.roles and relaxed.summary() != plan.summary():
-                shaped.relaxed = _with_asked_roles(relaxed, need, banned, lexicon, types)
+                shaped.relaxed = _with_asked_roles(relaxed, asked, banned, lexicon, types)
             return shaped
     if query_vec is None:
         return None
@@ -398,6 +400,26 @@ _MODIFIERS = frozenset("""
 ground hard soft fresh frozen canned dry sliced shredded grated whole plain mix food sauce lunchmeat bottled
 single serve side roast
 """.split())
+
+
+def _named_outside(occasion: Occasion, need: Need, lexicon: Lexicon) -> list[str]:
+    """Kinds of the lexicon the request names that the occasion never offers ("ice cream"
+    of an "ice cream sundae party", a snacks occasion): they join the plan as asked roles.
+    A kind named inside a longer one ("hot dogs" of "hot dog buns") and the occasion's own
+    words are not a kind of their own."""
+    text = (need.text or "").lower()
+    offered = {o for slot in occasion.roles for o in slot.options}
+    offered |= {w for o in offered for w in lexicon.roles[o].with_}  # hot dogs come with their buns
+    aliases = " ".join(a.lower() for a in occasion.aliases)
+    spans: list[tuple[int, int, str]] = []
+    for key in sorted(lexicon.roles, key=lambda k: (-len(k), k)):
+        m = _word_re(key).search(text)
+        if m is None or any(lo <= m.start() and m.end() <= hi for lo, hi, _ in spans):
+            continue
+        spans.append((m.start(), m.end(), key))
+    return [key for _, _, key in sorted(spans)
+            if key not in offered and key not in need.add_roles and key not in need.include
+            and not _word_re(key).search(aliases)]
 
 
 def _request_text(need: Need) -> str:
@@ -468,13 +490,18 @@ def _with_asked_roles(plan: RolePlan, need: Need, banned: set[str], lexicon: Lex
     for term in terms:
         specs = [s for s in _asked_specs(term, lexicon, types, plan.food) if _allowed_option(s, banned, lexicon)]
         keys = [s.key for s in specs]
-        target = next((r for r in roles if any(o.key in keys for o in r.options)), None)
+        # a named headline kind is split per category ("eggs#0", "eggs#1"): still "eggs"
+        target = next((r for r in roles if any(_base_key(o.key) in keys for o in r.options)), None)
         if target is not None:
-            target.options = [o for o in target.options if o.key in keys]
+            target.options = [o for o in target.options if _base_key(o.key) in keys]
             target.optional = False
         elif specs:
             roles.append(Role(name=f"asked-{term}", options=specs[:OPTIONS_PER_ROLE]))
     return plan.model_copy(update={"roles": roles})
+
+
+def _base_key(key: str) -> str:
+    return key.split("#", 1)[0]
 
 
 def _asked(spec: RoleSpec, need: Need) -> bool:

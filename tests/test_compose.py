@@ -258,6 +258,34 @@ def test_need_path_end_to_end(cj_assistant, text):
         assert not any(dairy.search(str(catalogue.at[i.product_id, "category"])) for b in rec.bundles for i in b.items)
 
 
+def test_a_kind_the_occasion_never_offers_joins_the_plan_when_named():
+    party = plan_for(parse_need("ice cream sundae party"), types=None)  # type: ignore[arg-type]
+    assert party.occasion == "snacks"
+    assert [r.name for r in party.roles if "ice cream" in {o.key for o in r.options}] == ["asked-ice cream"]
+    assert not next(r for r in party.roles if r.name == "asked-ice cream").optional
+    # buns come with the hot dogs the bbq offers, and the occasion's own words name no kind
+    bbq = plan_for(parse_need("hot dog buns for the bbq"), types=None)  # type: ignore[arg-type]
+    assert not [r for r in bbq.roles if r.name.startswith("asked-")]
+    plain = plan_for(parse_need("taco night for four"), types=None)  # type: ignore[arg-type]
+    assert not [r for r in plain.roles if r.name.startswith("asked-")]
+
+
+@pytest.mark.parametrize("text, kind", [("movie night with popcorn", "POPCORN"),
+                                        ("breakfast with eggs and bacon", "EGGS")])
+def test_a_named_headline_kind_is_not_added_twice(cj_assistant, text, kind):
+    # the named headline kind is split per category ("popcorn#0"); "with popcorn" must
+    # narrow that role, not add a second popcorn to every bundle
+    plan = plan_for(parse_need(text), types=None)  # type: ignore[arg-type]
+    assert sum(any(o.key.split("#")[0] == kind.lower() for o in r.options) for r in plan.roles) == 1
+    need = cj_assistant.understand(text)
+    rec = cj_assistant.recommend(query=need.text, need=need, k=3, use_llm=False)
+    assert rec.bundles, rec.notes
+    catalogue = cj_assistant.index.catalogue
+    for b in rec.bundles:
+        types = [str(catalogue.at[i.product_id, "category"]) for i in b.items]
+        assert sum(kind in t.upper().rsplit(">", 1)[-1] for t in types) == 1, types
+
+
 def test_bigger_groups_get_more(cj_assistant):
     small = cj_assistant.recommend_text("chili for two", use_llm=False, k=1)
     big = cj_assistant.recommend_text("chili for eight", use_llm=False, k=1)
