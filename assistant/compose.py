@@ -404,7 +404,7 @@ single serve side roast
 
 def _named_outside(occasion: Occasion, need: Need, lexicon: Lexicon) -> list[str]:
     """Kinds of the lexicon the request names that the occasion never offers ("ice cream"
-    of an "ice cream sundae party", a snacks occasion): they join the plan as asked roles.
+    of "game day snacks and ice cream"): they join the plan as asked roles.
     A kind named inside a longer one ("hot dogs" of "hot dog buns") and the occasion's own
     words are not a kind of their own."""
     text = (need.text or "").lower()
@@ -743,6 +743,14 @@ class Composition:
     budget: float | None
     fallback: Composition | None = None  # the relaxed plan's, to fill up with
 
+    def unfilled_headline(self) -> list[str]:
+        """The options of a core headline role none of whose products passes the
+        constraints ("nut-free" ice cream for a sundae bar): a bundle without its main
+        item makes no sense, so none is composed."""
+        kept = {r.name for r, _ in self.keep}
+        role = next((r for r in self.plan.roles if r.headline and not r.optional), None)
+        return [] if role is None or role.name in kept else [o.label for o in role.options]
+
     def role_products(self, per_option: int = 3) -> list[str]:
         """The best products of every available option, for an LLM's candidate list."""
         seen: dict[str, None] = {}
@@ -951,7 +959,7 @@ class Composer:
         """Up to ``k`` mutually distinct bundles, most typical first."""
         plan, need, ranked, keep, optional = comp.plan, comp.need, comp.ranked, comp.keep, comp.optional
         n, budget = comp.portions, comp.budget
-        if not keep:
+        if not keep or comp.unfilled_headline():
             return []
         head_role = next((i for i, (r, _) in enumerate(keep) if r.headline), 0)
         queues: dict[str, list[tuple[float, tuple[int, ...]]]] = {}

@@ -440,7 +440,11 @@ class BundleAssistant:
                 req.secondary.add(tuple(b.item_ids))
             req.proposals.append(BundleCandidate(item_ids=b.item_ids, quantities=b.quantities, source="rule",
                                                  name=b.name))
-        if not req.proposals:
+        missing = req.composition.unfilled_headline()
+        if missing:
+            req.notes.append(f"No {' or '.join(m.lower() for m in missing)} in the catalogue passes this "
+                             "request's constraints, so no bundle is built around it.")
+        elif not req.proposals:
             req.notes.append("Nothing in the catalogue fills this request's roles within its constraints.")
 
     def _allowed_fast(self, req: _Request):

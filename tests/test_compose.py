@@ -67,6 +67,12 @@ def test_lexicon_is_consistent():
     ("cleaning supplies", "cleaning"),
     ("chili for six, under $30", "chili"),
     ("vegan dinner for two", "dinner"),
+    # the specific need before the generic word ("lunch", "office", "breakfast", "party")
+    ("lunch for the office, 12 people", "office lunch"),
+    ("smoothie breakfast, no banana", "smoothies"),
+    ("fruit salad for 8", "fruit salad"),
+    ("ice cream sundae party", "ice cream sundae"),
+    ("hot cocoa and cookies for a snow day", "hot cocoa"),
 ])
 def test_occasions_are_read_from_the_request(text, occasion):
     assert detect_occasion(text).key == occasion
@@ -259,8 +265,9 @@ def test_need_path_end_to_end(cj_assistant, text):
 
 
 def test_a_kind_the_occasion_never_offers_joins_the_plan_when_named():
-    party = plan_for(parse_need("ice cream sundae party"), types=None)  # type: ignore[arg-type]
-    assert party.occasion == "snacks"
+    # game day offers no ice cream: named, it joins as an asked role
+    party = plan_for(parse_need("game day snacks and ice cream"), types=None)  # type: ignore[arg-type]
+    assert party.occasion == "game day"
     assert [r.name for r in party.roles if "ice cream" in {o.key for o in r.options}] == ["asked-ice cream"]
     assert not next(r for r in party.roles if r.name == "asked-ice cream").optional
     # buns come with the hot dogs the bbq offers, and the occasion's own words name no kind
@@ -268,6 +275,20 @@ def test_a_kind_the_occasion_never_offers_joins_the_plan_when_named():
     assert not [r for r in bbq.roles if r.name.startswith("asked-")]
     plain = plan_for(parse_need("taco night for four"), types=None)  # type: ignore[arg-type]
     assert not [r for r in plain.roles if r.name.startswith("asked-")]
+
+
+def test_no_bundle_is_built_without_its_headline(cj_assistant):
+    # the food rules hold ice cream and its toppings as nut risks: a nut-free sundae bar
+    # would be whipped topping and fruit, so none is shown, and the note says why
+    need = cj_assistant.understand("sundaes for the kids, no nuts")
+    rec = cj_assistant.recommend(query=need.text, need=need, k=3, use_llm=False)
+    assert rec.bundles == []
+    assert any("ice cream" in n and "constraints" in n for n in rec.notes), rec.notes
+    need = cj_assistant.understand("sundaes for the kids")
+    rec = cj_assistant.recommend(query=need.text, need=need, k=3, use_llm=False)
+    catalogue = cj_assistant.index.catalogue
+    assert rec.bundles and all(any("ICE CREAM/MILK/SHERBTS" in str(catalogue.at[i.product_id, "category"])
+                                   for i in b.items) for b in rec.bundles)
 
 
 @pytest.mark.parametrize("text, kind", [("movie night with popcorn", "POPCORN"),
