@@ -145,6 +145,8 @@ class RoleSlot(BaseModel):
     headline: bool = False
     optional: bool = False
     ask: bool = False  # only when the shopper asked for it (wine with pasta)
+    # the bundle is this kind (ice cream of a sundae bar): none is built without it
+    essential: bool = False
 
 
 class Occasion(BaseModel):
@@ -224,6 +226,7 @@ class Role(BaseModel):
     options: list[RoleSpec]
     headline: bool = False
     optional: bool = False
+    essential: list[str] = Field(default_factory=list)  # its kinds, when no bundle is built without one
 
 
 class RolePlan(BaseModel):
@@ -566,9 +569,10 @@ def _occasion_plan(occasion: Occasion, need: Need, banned: set[str], lexicon: Le
         if named:
             claimed.update(o.key for o in named)
             options = _per_category(named[0]) if slot.headline and len(named) == 1 and not relaxed else named
-        if options:
+        if options or slot.essential:  # an essential kind the diet rules out leaves the role empty
             roles.append(Role(name=f"{occasion.key}-{i}", options=options, headline=slot.headline,
-                              optional=slot.optional and not slot.ask and not named))
+                              optional=slot.optional and not slot.ask and not named,
+                              essential=[lexicon.roles[o].label for o in slot.options] if slot.essential else []))
     if roles and not any(r.headline for r in roles):
         roles[0].headline = True
     return RolePlan(source="occasion", occasion=occasion.key, name_template=occasion.name, food=occasion.food,
@@ -743,13 +747,12 @@ class Composition:
     budget: float | None
     fallback: Composition | None = None  # the relaxed plan's, to fill up with
 
-    def unfilled_headline(self) -> list[str]:
-        """The options of a core headline role none of whose products passes the
-        constraints ("nut-free" ice cream for a sundae bar): a bundle without its main
-        item makes no sense, so none is composed."""
+    def unfilled_essential(self) -> list[str]:
+        """The kinds of an essential role (the ice cream of a sundae bar) none of whose
+        products passes the constraints: without it the bundle is not what was asked for,
+        so none is composed."""
         kept = {r.name for r, _ in self.keep}
-        role = next((r for r in self.plan.roles if r.headline and not r.optional), None)
-        return [] if role is None or role.name in kept else [o.label for o in role.options]
+        return [k for r in self.plan.roles if r.essential and r.name not in kept for k in r.essential]
 
     def role_products(self, per_option: int = 3) -> list[str]:
         """The best products of every available option, for an LLM's candidate list."""
@@ -959,7 +962,7 @@ class Composer:
         """Up to ``k`` mutually distinct bundles, most typical first."""
         plan, need, ranked, keep, optional = comp.plan, comp.need, comp.ranked, comp.keep, comp.optional
         n, budget = comp.portions, comp.budget
-        if not keep or comp.unfilled_headline():
+        if not keep or comp.unfilled_essential():
             return []
         head_role = next((i for i, (r, _) in enumerate(keep) if r.headline), 0)
         queues: dict[str, list[tuple[float, tuple[int, ...]]]] = {}

@@ -440,7 +440,7 @@ class BundleAssistant:
                 req.secondary.add(tuple(b.item_ids))
             req.proposals.append(BundleCandidate(item_ids=b.item_ids, quantities=b.quantities, source="rule",
                                                  name=b.name))
-        missing = req.composition.unfilled_headline()
+        missing = req.composition.unfilled_essential()
         if missing:
             req.notes.append(f"No {' or '.join(m.lower() for m in missing)} in the catalogue passes this "
                              "request's constraints, so no bundle is built around it.")
