@@ -429,6 +429,7 @@ def _request_text(need: Need) -> str:
     return " ".join([need.text, *need.include, *need.add_roles]).lower()
 
 
+@functools.lru_cache(maxsize=4096)
 def _word_re(phrase: str) -> re.Pattern[str]:
     """A phrase as whole words, singular or plural ("hot dog" / "hot dogs", "patty" / "patties")."""
     words = phrase.lower().split()
