@@ -1084,14 +1084,31 @@ def told_apart(bundles: list[ComposedBundle], plan: RolePlan, need: Need,
                     if (labels.get(o) or o).casefold() != bundles[i].headline.casefold()
                     and not set(o.casefold().split()) & template_words]  # no "coffee coffee break"
                    for i in same]
+        kinds = [_headline_kind_words(bundles[i], plan) for i in same]
         for pos, i in enumerate(same):
             others = {o for j, opts in enumerate(options) if j != pos for o in opts}
             own = next((o for o in options[pos] if o not in others), None)
-            name = bundle_name(plan, f"{bundles[i].headline} & {own}", need) if own is not None else ""
+            if own is not None:
+                name = bundle_name(plan, f"{bundles[i].headline} & {own}", need)
+            else:  # the same options, other product types of the headline ("Dry cat" and "Canned cat" supplies)
+                other_words = {w for j, ws in enumerate(kinds) if j != pos for w in ws}
+                word = max((w for w in kinds[pos] if w not in other_words), key=len, default=None)
+                name = bundle_name(plan, f"{word.capitalize()} {bundles[i].headline.lower()}", need) if word else ""
             tail = bundles[i].name[len(bundles[i].headline):]
             if name and name.endswith(tail):  # too long to keep "... for 8" whole: the plain name stays
                 out[i] = bundles[i].model_copy(update={"name": name})
     return out
+
+
+def _headline_kind_words(bundle: ComposedBundle, plan: RolePlan) -> list[str]:
+    """Whole words of the product type the bundle's headline option matches ("canned" of
+    CAT FOOD > CANNED CAT FOOD), for telling apart bundles that differ by type only."""
+    head = next((r for r in plan.roles if r.headline), None)
+    item = next((it for it in bundle.items if head is not None and it.role == head.name), None)
+    spec = next((o for o in head.options if item is not None and o.key == item.option), None) if head else None
+    if spec is None or len(spec.match) != 1:
+        return []
+    return [w for w in re.findall(r"[a-z]+", spec.match[0].rsplit(">", 1)[-1].lower()) if len(w) > 2]
 
 
 def distinct(bundles: Sequence[Any], types_of: Callable[[Any], Iterable[str]], k: int,

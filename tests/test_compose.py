@@ -186,6 +186,21 @@ def test_bundles_that_would_share_a_name_are_told_apart_by_an_option_only_they_h
         "Pastry & sugar coffee break", "Pastry & sweetener coffee break"]
 
 
+def test_bundles_of_one_option_are_told_apart_by_their_product_type():
+    # "cat supplies": the named cat food is split per category, so three bundles share
+    # every option and a name; the words only each one's type has tell them apart
+    need = parse_need("cat supplies")
+    plan = plan_for(need, types=None)  # type: ignore[arg-type]
+    head = next(r for r in plan.roles if r.headline)
+    assert [o.key for o in head.options] == ["cat food#0", "cat food#1", "cat food#2"]
+    shown = [ComposedBundle(name="Cat supplies", headline="Cat", prior=0.0, types=[], items=[
+        ComposedItem(product_id=f"p{k}", quantity=1, role=head.name, option=o.key, unit_price=1.0),
+        ComposedItem(product_id="toy", quantity=1, role="pet-1", option="pet toys", unit_price=1.0)])
+        for k, o in enumerate(head.options)]
+    assert [b.name for b in told_apart(shown, plan, need)] == [
+        "Dry cat supplies", "Canned cat supplies", "Gourmet cat supplies"]
+
+
 def test_names_come_from_roles_and_are_never_cut_mid_word():
     plan = plan_for(parse_need("taco night for four"), types=None)  # type: ignore[arg-type]
     assert bundle_name(plan, "Beef", parse_need("taco night for four")) == "Beef taco night for 4"
