@@ -495,17 +495,13 @@ def _with_asked_roles(plan: RolePlan, need: Need, banned: set[str], lexicon: Lex
         specs = [s for s in _asked_specs(term, lexicon, types, plan.food) if _allowed_option(s, banned, lexicon)]
         keys = [s.key for s in specs]
         # a named headline kind is split per category ("eggs#0", "eggs#1"): still "eggs"
-        target = next((r for r in roles if any(_base_key(o.key) in keys for o in r.options)), None)
+        target = next((r for r in roles if any(base_key(o.key) in keys for o in r.options)), None)
         if target is not None:
-            target.options = [o for o in target.options if _base_key(o.key) in keys]
+            target.options = [o for o in target.options if base_key(o.key) in keys]
             target.optional = False
         elif specs:
             roles.append(Role(name=f"asked-{term}", options=specs[:OPTIONS_PER_ROLE]))
     return plan.model_copy(update={"roles": roles})
-
-
-def _base_key(key: str) -> str:
-    return key.split("#", 1)[0]
 
 
 def _asked(spec: RoleSpec, need: Need) -> bool:
@@ -530,6 +526,11 @@ def _qualified_by_occasion(spec: RoleSpec, text: str, occasion: Occasion) -> boo
     own = set(occasion.key.lower().split())
     head = spec.key.lower().split()[-1]
     return bool(hits) and all(w in own and w != head for w in hits)
+
+
+def base_key(key: str) -> str:
+    """The lexicon kind of an option key: :func:`_per_category` names its splits "eggs#0"."""
+    return key.split("#", 1)[0]
 
 
 def _per_category(spec: RoleSpec) -> list[RoleSpec]:
@@ -1080,7 +1081,7 @@ def told_apart(bundles: list[ComposedBundle], plan: RolePlan, need: Need,
     for same in by_name.values():
         if len(same) < 2:
             continue
-        options = [[o for o in dict.fromkeys(it.option.split("#")[0] for it in bundles[i].items)  # a swap's key
+        options = [[o for o in dict.fromkeys(base_key(it.option) for it in bundles[i].items)  # a swap's key
                     if (labels.get(o) or o).casefold() != bundles[i].headline.casefold()
                     and not set(o.casefold().split()) & template_words]  # no "coffee coffee break"
                    for i in same]
@@ -1104,8 +1105,10 @@ def _headline_kind_words(bundle: ComposedBundle, plan: RolePlan) -> list[str]:
     """Whole words of the product type the bundle's headline option matches ("canned" of
     CAT FOOD > CANNED CAT FOOD), for telling apart bundles that differ by type only."""
     head = next((r for r in plan.roles if r.headline), None)
-    item = next((it for it in bundle.items if head is not None and it.role == head.name), None)
-    spec = next((o for o in head.options if item is not None and o.key == item.option), None) if head else None
+    if head is None:
+        return []
+    option = next((it.option for it in bundle.items if it.role == head.name), None)
+    spec = next((o for o in head.options if o.key == option), None)
     if spec is None or len(spec.match) != 1:
         return []
     return [w for w in re.findall(r"[a-z]+", spec.match[0].rsplit(">", 1)[-1].lower()) if len(w) > 2]

@@ -1512,9 +1512,9 @@ def _fits_price(pid: str, items: Sequence[Any], composer: Any) -> bool:
 def _kind_word(option: str) -> str:
     """The noun naming an option's kind: 'ground coffee' -> 'coffee', a lift of
     'RESTAURANT > COFFEE > GROUND COFFEE' -> 'coffee' (plural 's' dropped)."""
-    from .compose import readable_type
+    from .compose import base_key, readable_type
 
-    name = readable_type(option[5:]) if option.startswith("lift:") else option.split("#", 1)[0]
+    name = readable_type(option[5:]) if option.startswith("lift:") else base_key(option)
     words = re.sub(r"[^a-z ]+", " ", name.lower()).split()
     word = words[-1] if words else ""
     return word[:-1] if word.endswith("s") and not word.endswith("ss") else word
@@ -1576,7 +1576,7 @@ def _add_candidate(items: list[Any], floor: float | None, fill: _Fill, min_size:
 def _named_options(need: Need, plan: Any) -> set[str]:
     """The plan's options the theme names by a word that tells kinds apart ('coffee' of
     'ground coffee'), the occasion's own words aside ('breakfast' names no sausage)."""
-    from .compose import _MODIFIERS, _without_words, _word_re, occasion_by_key
+    from .compose import _MODIFIERS, _without_words, _word_re, base_key, occasion_by_key
 
     occasion = occasion_by_key(plan.occasion) if plan.occasion else None
     request = " ".join([need.text, *need.include]).lower()
@@ -1585,7 +1585,7 @@ def _named_options(need: Need, plan: Any) -> set[str]:
     out = set()
     for role in plan.roles:
         for o in role.options:
-            words = [w for w in re.split(r"[\s/-]+", o.key.split("#")[0].lower()) if len(w) > 2 and w not in _MODIFIERS]
+            words = [w for w in re.split(r"[\s/-]+", base_key(o.key).lower()) if len(w) > 2 and w not in _MODIFIERS]
             if any(_word_re(w).search(request) for w in words):
                 out.add(o.key)
     return out
@@ -1755,7 +1755,9 @@ KIT_HOLDS: dict[str, frozenset[str]] = {"lunch kit": frozenset({"sandwich bread"
 
 
 def _holds_another(choice: Sequence[tuple[Any, Any]]) -> bool:
-    keys = {spec.key.split("#", 1)[0] for _, spec in choice}
+    from .compose import base_key
+
+    keys = {base_key(spec.key) for _, spec in choice}
     return any(keys & KIT_HOLDS.get(k, frozenset()) for k in keys)
 
 
