@@ -31,6 +31,10 @@ the normalised sum; the score subtracts ``objective.redundancy_penalty × redund
 
     score = Σ_k w_k·component_k − penalty·redundancy
 
+A list read top-down (:func:`in_slate_order`, the service's basket-completion and plain
+requests) also subtracts ``objective.repeat_penalty × repeats``, the share of a bundle's
+added products that a higher-ranked bundle already shows; it is in the breakdown too.
+
 The score is *not* clipped: clipping would tie every bad bundle at 0 and hide the
 penalty, so it lies in ``[−penalty, 1]``. ``score_breakdown`` lists every term with its
 value, weight and contribution (redundancy's weight is the penalty and its contribution
@@ -519,6 +523,35 @@ def in_relevance_order(bundle: ScoredBundle, relevance: Mapping[str, float],
         return bundle
     return bundle.model_copy(update={"item_ids": tuple(bundle.item_ids[k] for k in order),
                                      "items": [bundle.items[k] for k in order]})
+
+
+def in_slate_order(ranked: Sequence[ScoredBundle], ctx: ScoringContext, k: int | None = None) -> list[ScoredBundle]:
+    """The bundles as one list to read top-down: each place goes to the best score after
+    subtracting ``objective.repeat_penalty`` × the share of the bundle's added products
+    (those not in ``ctx.anchors``; all when it adds none) that a bundle already placed
+    shows. That term joins the breakdown as ``repeats``, so the score stays the sum of its
+    contributions. Greedy, deterministic: ties by the sorted id tuple. The first ``k``."""
+    penalty = ctx.objective.repeat_penalty
+    left = list(ranked)
+    placed: list[ScoredBundle] = []
+    shown: set[str] = set()
+
+    def added(b: ScoredBundle) -> list[str]:
+        return [i for i in b.item_ids if i not in ctx.anchors] or list(b.item_ids)
+
+    def repeats(b: ScoredBundle) -> float:
+        ids = added(b)
+        return sum(i in shown for i in ids) / len(ids)
+
+    while left and (k is None or len(placed) < k):
+        best = min(left, key=lambda b: (-round(b.score - penalty * repeats(b), SCORE_TIE_DECIMALS), _key(b.item_ids)))
+        left.remove(best)
+        share = repeats(best)
+        term = ComponentScore(value=share, weight=penalty, contribution=-penalty * share)
+        placed.append(best.model_copy(update={"score_breakdown": {**best.score_breakdown, "repeats": term},
+                                              "score": best.score + term.contribution}))
+        shown.update(added(best))
+    return placed
 
 
 def score_candidate(candidate: BundleCandidate, ctx: ScoringContext) -> ScoredBundle:

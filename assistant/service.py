@@ -49,6 +49,7 @@ from .reranker import (
     RerankResult,
     ScoringContext,
     in_relevance_order,
+    in_slate_order,
     rerank,
 )
 
@@ -565,7 +566,8 @@ class BundleAssistant:
             item_reasons={c.product_id: c.why for c in req.candidates if c.why},
         )
         if req.plan is None:
-            req.result = rerank(req.proposals, ctx, req.k)
+            req.result = rerank(req.proposals, ctx, None)
+            req.result.ranked = in_slate_order(req.result.ranked, ctx, req.k)
             if req.anchors:
                 req.result.ranked = [in_relevance_order(b, ctx.relevance, req.anchors) for b in req.result.ranked]
         else:  # shown bundles are real alternatives: distinct product types

@@ -23,6 +23,7 @@ from assistant.reranker import (
     bundle_embedding,
     hard_constraint_violations,
     in_relevance_order,
+    in_slate_order,
     rerank,
     score_candidate,
 )
@@ -410,3 +411,33 @@ def test_a_completion_lists_the_given_product_first_then_the_most_relevant_addit
     assert [i.product_id for i in ordered.items] == list(ordered.item_ids)  # the cards follow the ids
     assert ordered.score == scored.score and ordered.score_breakdown == scored.score_breakdown
     assert in_relevance_order(ordered, relevance, ["p2"]) is ordered  # already in order: unchanged
+
+
+def _slate_case(penalty: float):
+    """p2 is given; p1 is the most relevant addition, so (p2, p1, p3) and (p2, p1, p6) both
+    score high, and (p2, p3, p6) adds nothing the first bundle lacks but p6."""
+    relevance = {"p1": 0.9, "p3": 0.6, "p6": 0.5, "p4": 0.55}
+    c = ctx(relevance=relevance, anchors=frozenset({"p2"}), objective=ObjectiveConfig(repeat_penalty=penalty))
+    ranked = rerank([cand("p2", "p1", "p3"), cand("p2", "p1", "p6"), cand("p2", "p4", "p6")], c).ranked
+    return ranked, c
+
+
+def test_a_slate_pushes_down_a_bundle_that_repeats_what_an_earlier_one_shows():
+    ranked, c = _slate_case(0.4)
+    by_score = [b.item_ids for b in ranked]
+    assert by_score[:2] == [("p2", "p1", "p3"), ("p2", "p1", "p6")]  # both carry the head item p1
+    slate = in_slate_order(ranked, c)
+    assert [b.item_ids for b in slate] == [("p2", "p1", "p3"), ("p2", "p4", "p6"), ("p2", "p1", "p6")]
+    repeated = slate[2].score_breakdown["repeats"]
+    assert repeated.value == 1.0  # p1 and p6 are both shown above it; the given p2 never counts
+    assert slate[1].score_breakdown["repeats"].value == 0.0
+    for b in slate:  # the score is still the sum of its itemised terms
+        assert b.score == pytest.approx(sum(t.contribution for t in b.score_breakdown.values()))
+    assert [b.item_ids for b in in_slate_order(list(reversed(ranked)), c)] == [b.item_ids for b in slate]
+    assert [b.item_ids for b in in_slate_order(ranked, c, 1)] == [("p2", "p1", "p3")]
+
+
+def test_without_a_repeat_penalty_the_slate_keeps_the_score_order():
+    ranked, c = _slate_case(0.0)
+    assert [b.item_ids for b in in_slate_order(ranked, c)] == [b.item_ids for b in ranked]
+    assert all(b.score_breakdown["repeats"].contribution == 0.0 for b in in_slate_order(ranked, c))

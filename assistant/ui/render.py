@@ -23,6 +23,7 @@ COMPONENT_WORDS: dict[str, tuple[str, str]] = {
     "margin": ("Store value", "the store's margin after the discount"),
     "sales": ("Popular picks", "how often these items sell"),
     "redundancy": ("Overlap", "near-duplicate items, subtracted"),
+    "repeats": ("Shown above", "products a higher-ranked bundle already shows, subtracted"),
 }
 
 
@@ -70,7 +71,7 @@ def breakdown_html(bundle: ShownBundle) -> str:
     rows = []
     for name, comp in bundle.score_breakdown.items():
         label, hint = COMPONENT_WORDS.get(name, (name.title(), ""))
-        if name == "redundancy" and comp.value <= 0:
+        if name in ("redundancy", "repeats") and comp.value <= 0:
             continue
         width = max(0.0, min(1.0, comp.value)) * 100
         cls = "ba-fill neg" if comp.contribution < 0 else "ba-fill"
