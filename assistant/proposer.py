@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, create_model
 from prompts import fence, render
 from retrieval.candidates import Candidate
 from retrieval.schema import Constraints
+from retrieval.titles import short_name
 
 from .llm import ChatModel, LLMError, LLMTimeout
 from .reranker import BundleCandidate
@@ -297,7 +298,7 @@ def propose_with_rules(
         head = seed.product_id if seed is not None else items[0]
         title = str(catalogue.at[head, "product_type"] or catalogue.at[head, "title"])
         bundles.append(BundleCandidate(item_ids=tuple(items), source="rule",
-                                       name=f"{title.title()[:24]} bundle", llm_reason=""))
+                                       name=f"{short_name(title.title(), 24)} bundle", llm_reason=""))
     return bundles
 
 

@@ -155,6 +155,18 @@ class _Request:
     secondary: set[tuple[str, ...]] = field(default_factory=set)  # composed fill-ins, ranked after the rest
 
 
+def empty_answer_note(result: RerankResult, constraints: Constraints, *, composed: bool) -> str | None:
+    """Why a request got no bundle, in the shopper's terms: its constraints when some were
+    set or a proposal broke one; too few kinds of product when nothing could be paired; None
+    for a composed need, whose empty answer is explained where it is composed."""
+    if result.rejected or constraints.model_dump(exclude_defaults=True):
+        return "No bundle satisfies every constraint; try a larger budget or fewer exclusions."
+    if composed:
+        return None
+    return ("The products that match are too few kinds to make a bundle; "
+            "try naming a meal, an occasion or a product to build on.")
+
+
 class BundleAssistant:
     def __init__(self, settings: Settings | None = None, *, llm=None, embedder: Embedder | None = None):
         self.settings = settings or Settings()
@@ -584,8 +596,9 @@ class BundleAssistant:
         result = req.result
         assert result is not None, "the rerank step always sets a result"
         bundles = [_shown(rank, b) for rank, b in enumerate(result.ranked, start=1)]
-        if not bundles:
-            req.notes.append("No bundle satisfies every constraint; try a larger budget or fewer exclusions.")
+        note = empty_answer_note(result, req.constraints, composed=req.plan is not None) if not bundles else None
+        if note:
+            req.notes.append(note)
         report = req.report
         return Recommendation(
             bundles=bundles,

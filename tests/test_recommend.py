@@ -238,3 +238,15 @@ def test_openmp_threads_wait_passively_unless_told_otherwise():
     env["OMP_WAIT_POLICY"] = "ACTIVE"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ACTIVE", out.stderr[-2000:]
+
+
+def test_an_empty_answer_names_its_cause():
+    from assistant.reranker import BundleCandidate, RerankResult
+    from assistant.service import empty_answer_note
+
+    nothing = RerankResult(ranked=[], rejected=[])
+    broke = RerankResult(ranked=[], rejected=[(BundleCandidate(item_ids=("a", "b"), source="rule"), "budget: over")])
+    assert "too few kinds" in (empty_answer_note(nothing, Constraints(), composed=False) or "")
+    assert "budget" in (empty_answer_note(nothing, Constraints(budget=2.0), composed=False) or "")
+    assert "budget" in (empty_answer_note(broke, Constraints(), composed=True) or "")
+    assert empty_answer_note(nothing, Constraints(), composed=True) is None  # the composer said why
