@@ -256,3 +256,24 @@ def test_sharpened_relevance_divides_the_raw_score_and_keeps_the_order() -> None
         assert got == sorted(got)  # a monotone map: the ranker's order is kept
     assert sharpened(0.9, 0.5) > 0.9 > sharpened(0.9, 2.0)  # below 1 spreads, above 1 squeezes
     assert 0.0 < sharpened(0.0, 0.5) < 1e-6 and sharpened(1.0, 0.5) > 1 - 1e-6  # clipped ends stay finite
+
+
+def test_a_completion_reads_as_a_slate_with_its_repeats_itemised(cj_assistant):
+    from assistant.reranker import ComponentScore
+    from assistant.ui.render import breakdown_html
+
+    user = cj_assistant.profile("1")
+    anchor = user.favourite_items[0]
+    rec = cj_assistant.recommend(user_id="1", anchors=[anchor], k=6, use_llm=False)
+    assert len(rec.bundles) >= 2
+    shown: set[str] = set()
+    for b in rec.bundles:  # the term is the share of what it adds that a bundle above already shows
+        added = [i for i in b.item_ids if i != anchor]
+        assert b.score_breakdown["repeats"].value == pytest.approx(sum(i in shown for i in added) / len(added))
+        assert b.score == pytest.approx(sum(t.contribution for t in b.score_breakdown.values()), abs=1e-5)
+        shown.update(added)
+    first = rec.bundles[0]
+    assert first.score_breakdown["repeats"].value == 0 and "Shown above" not in breakdown_html(first)
+    repeated = first.model_copy(update={"score_breakdown": {
+        **first.score_breakdown, "repeats": ComponentScore(value=0.5, weight=0.4, contribution=-0.2)}})
+    assert "Shown above" in breakdown_html(repeated)
