@@ -132,6 +132,7 @@ class RoleSpec(BaseModel):
     pack_serves: float = 4.0
     headline: str = ""
     with_: list[str] = Field(default_factory=list, alias="with")
+    names: list[str] = Field(default_factory=list)  # other words for it: "puppy" (dog food)
 
     model_config = {"populate_by_name": True}
 
@@ -416,7 +417,8 @@ def _named_outside(occasion: Occasion, need: Need, lexicon: Lexicon) -> list[str
     aliases = " ".join(a.lower() for a in occasion.aliases)
     spans: list[tuple[int, int, str]] = []
     for key in sorted(lexicon.roles, key=lambda k: (-len(k), k)):
-        m = _word_re(key).search(text)
+        found = [m for w in (key, *lexicon.roles[key].names) if (m := _word_re(w).search(text))]
+        m = min(found, key=lambda m: m.start()) if found else None
         if m is None or any(lo <= m.start() and m.end() <= hi for lo, hi, _ in spans):
             continue
         spans.append((m.start(), m.end(), key))
@@ -445,7 +447,7 @@ def _names_option(spec: RoleSpec, text: str, loose: bool) -> bool:
     """Whether the request names this option: its whole name ("sour cream"), or, for the
     headline role (the main dish, where "chicken tacos" picks the chicken), any word of it
     that tells kinds apart."""
-    if _word_re(spec.key).search(text):
+    if _word_re(spec.key).search(text) or any(_word_re(n).search(text) for n in spec.names):
         return True
     return loose and any(len(w) > 2 and _word_re(w).search(text)
                          for w in re.split(r"[\s/-]+", spec.key.lower()) if w not in _MODIFIERS)
@@ -506,7 +508,7 @@ def _with_asked_roles(plan: RolePlan, need: Need, banned: set[str], lexicon: Lex
 
 def _asked(spec: RoleSpec, need: Need) -> bool:
     text = " ".join([need.text, *need.include, *need.add_roles]).lower()
-    return any(_alias_re(w).search(text) for w in {spec.key, spec.label.lower()})
+    return any(_alias_re(w).search(text) for w in {spec.key, spec.label.lower(), *spec.names})
 
 
 def _without_words(text: str, words: Iterable[str]) -> str:
@@ -1055,9 +1057,13 @@ def cut_words(text: str, limit: int = NAME_MAX) -> str:
     return text if len(text) <= limit else cut_at_words(text, limit)
 
 
+_REPEATED_WORD = re.compile(r"\b(\w+)(?:\s+\1\b)+", re.IGNORECASE)
+
+
 def bundle_name(plan: RolePlan, headline: str, need: Need) -> str:
     """"Beef taco night for 4": the headline option in the occasion's name template."""
     base = plan.name_template.replace("{h}", headline).strip()
+    base = _REPEATED_WORD.sub(r"\1", base)  # "Chili soup" in "{h} soup night": not "soup soup"
     base = base[:1].upper() + base[1:]
     if need.servings:
         base += f" for {need.servings}"

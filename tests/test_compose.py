@@ -21,6 +21,7 @@ from assistant.compose import (
     Composer,
     RolePlan,
     ShopperContext,
+    base_key,
     bundle_name,
     cut_words,
     detect_occasion,
@@ -73,6 +74,9 @@ def test_lexicon_is_consistent():
     ("fruit salad for 8", "fruit salad"),
     ("ice cream sundae party", "ice cream sundae"),
     ("hot cocoa and cookies for a snow day", "hot cocoa"),
+    ("guacamole and chips", "guacamole"),
+    ("taco night with guacamole", "tacos"),
+    ("chips and dip", "snacks"),
 ])
 def test_occasions_are_read_from_the_request(text, occasion):
     assert detect_occasion(text).key == occasion
@@ -204,6 +208,8 @@ def test_bundles_of_one_option_are_told_apart_by_their_product_type():
 def test_names_come_from_roles_and_are_never_cut_mid_word():
     plan = plan_for(parse_need("taco night for four"), types=None)  # type: ignore[arg-type]
     assert bundle_name(plan, "Beef", parse_need("taco night for four")) == "Beef taco night for 4"
+    soup = plan_for(parse_need("soup night"), types=None)  # type: ignore[arg-type]
+    assert bundle_name(soup, "Chili soup", parse_need("soup night")) == "Chili soup night"  # not "soup soup"
     long = "Bake-your-own cake birthday party for 10 with extra frosting and sprinkles"
     cut = cut_words(long, 30)
     assert len(cut) <= 30 and long.startswith(cut) and long[len(cut)] == " "
@@ -290,6 +296,25 @@ def test_a_kind_the_occasion_never_offers_joins_the_plan_when_named():
     assert not [r for r in bbq.roles if r.name.startswith("asked-")]
     plain = plan_for(parse_need("taco night for four"), types=None)  # type: ignore[arg-type]
     assert not [r for r in plain.roles if r.name.startswith("asked-")]
+
+
+def _kinds(text: str) -> list[set[str]]:
+    plan = plan_for(parse_need(text), types=None)  # type: ignore[arg-type]
+    return [{base_key(o.key) for o in r.options} for r in plan.roles if not r.optional]
+
+
+def test_an_option_is_named_by_its_other_words_too():
+    # a puppy is a dog: no cat bundle; guacamole in a taco night is the avocado
+    assert {"dog food"} in _kinds("supplies for my new puppy")
+    assert not any("cat food" in k for k in _kinds("supplies for my new puppy"))
+    assert {"cat food"} in _kinds("a new kitten")
+    assert {"avocado"} in _kinds("taco night with guacamole")
+
+
+def test_tea_with_soup_is_hot_tea_and_with_burgers_iced_tea():
+    assert {"tea"} in _kinds("soup and tea")  # a required role, no longer the optional drink
+    assert not any("iced tea" in k for k in _kinds("soup and tea"))
+    assert {"iced tea"} in _kinds("burgers and tea")  # the cookout's own drink role, narrowed
 
 
 def test_no_bundle_is_built_without_its_essential_kind(cj_assistant):
