@@ -140,6 +140,11 @@ class RoleSpec(BaseModel):
     def label(self) -> str:
         return self.headline or self.key.capitalize()
 
+    @property
+    def called(self) -> tuple[str, ...]:
+        """Every phrase a request names this kind by: its key, then its other names."""
+        return (self.key, *self.names)
+
 
 class RoleSlot(BaseModel):
     options: list[str]
@@ -169,6 +174,11 @@ class Lexicon(BaseModel):
     healthier_swaps: dict[str, list[str]] = Field(default_factory=dict)
     # a shopper's generic word ("drink", "dessert") -> the options of the role it adds
     groups: dict[str, list[str]] = Field(default_factory=dict)
+
+    @functools.cached_property
+    def kinds_longest_first(self) -> tuple[str, ...]:
+        """The role keys, longest first (ties by key): "hot dog buns" is read before "hot dogs"."""
+        return tuple(sorted(self.roles, key=lambda k: (-len(k), k)))
 
 
 @functools.lru_cache(maxsize=4)
@@ -416,8 +426,8 @@ def _named_outside(occasion: Occasion, need: Need, lexicon: Lexicon) -> list[str
     offered |= {w for o in offered for w in lexicon.roles[o].with_}  # hot dogs come with their buns
     aliases = " ".join(a.lower() for a in occasion.aliases)
     spans: list[tuple[int, int, str]] = []
-    for key in sorted(lexicon.roles, key=lambda k: (-len(k), k)):
-        found = [m for w in (key, *lexicon.roles[key].names) if (m := _word_re(w).search(text))]
+    for key in lexicon.kinds_longest_first:
+        found = [m for w in lexicon.roles[key].called if (m := _word_re(w).search(text))]
         m = min(found, key=lambda m: m.start()) if found else None
         if m is None or any(lo <= m.start() and m.end() <= hi for lo, hi, _ in spans):
             continue
@@ -447,7 +457,7 @@ def _names_option(spec: RoleSpec, text: str, loose: bool) -> bool:
     """Whether the request names this option: its whole name ("sour cream"), or, for the
     headline role (the main dish, where "chicken tacos" picks the chicken), any word of it
     that tells kinds apart."""
-    if _word_re(spec.key).search(text) or any(_word_re(n).search(text) for n in spec.names):
+    if any(_word_re(w).search(text) for w in spec.called):
         return True
     return loose and any(len(w) > 2 and _word_re(w).search(text)
                          for w in re.split(r"[\s/-]+", spec.key.lower()) if w not in _MODIFIERS)
@@ -508,7 +518,7 @@ def _with_asked_roles(plan: RolePlan, need: Need, banned: set[str], lexicon: Lex
 
 def _asked(spec: RoleSpec, need: Need) -> bool:
     text = " ".join([need.text, *need.include, *need.add_roles]).lower()
-    return any(_alias_re(w).search(text) for w in {spec.key, spec.label.lower(), *spec.names})
+    return any(_alias_re(w).search(text) for w in {*spec.called, spec.label.lower()})
 
 
 def _without_words(text: str, words: Iterable[str]) -> str:
