@@ -415,7 +415,7 @@ def test_a_completion_lists_the_given_product_first_then_the_most_relevant_addit
 
 def _slate_case(penalty: float):
     """p2 is given; p1 is the most relevant addition, so (p2, p1, p3) and (p2, p1, p6) both
-    score high, and (p2, p3, p6) adds nothing the first bundle lacks but p6."""
+    score high, while (p2, p4, p6) scores lower but adds nothing the first bundle shows."""
     relevance = {"p1": 0.9, "p3": 0.6, "p6": 0.5, "p4": 0.55}
     c = ctx(relevance=relevance, anchors=frozenset({"p2"}), objective=ObjectiveConfig(repeat_penalty=penalty))
     ranked = rerank([cand("p2", "p1", "p3"), cand("p2", "p1", "p6"), cand("p2", "p4", "p6")], c).ranked
