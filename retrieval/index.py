@@ -39,7 +39,7 @@ from .copurchase import CoPurchase, baskets_of
 from .embeddings import Embedder
 from .profiles import UserProfile, build_profiles
 from .schema import Dataset, product_text
-from .store import ChromaStore, StoreUnavailable
+from .store import ChromaStore, StoreUnavailable, scrub_unused_capacity
 from .titles import display_titles
 from .validation import PartialBuild, build_problem
 
@@ -131,6 +131,7 @@ def build_index(
     store = ChromaStore(data_dir, settings.chroma_url)
     if (not force and current and current.get("fingerprint") == fingerprint
             and current.get("products_collection") in store.collections()):
+        _scrub_store(settings)  # an index built before the scrub existed is cleaned too
         return BuildReport(current["build_id"], True, ds.summary())
     _refuse_partial(ds, data_dir, current, max_rejected_share, allow_partial)
 
@@ -199,7 +200,15 @@ def build_index(
     }
     _write_json_atomic(data_dir / "current.json", pointer)
     _drop_old_builds(data_dir, store, keep=build_id)
+    _scrub_store(settings)
     return BuildReport(build_id, False, summary, seconds)
+
+
+def _scrub_store(settings: Settings) -> None:
+    """Zero what hnswlib persisted of the build process's heap (see
+    :func:`~retrieval.store.scrub_unused_capacity`); a server's files are the server's."""
+    if not settings.chroma_url:
+        scrub_unused_capacity(Path(settings.data_dir) / "chroma")
 
 
 def _write_quarantine(ds: Dataset, path: Path) -> None:

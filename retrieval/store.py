@@ -11,6 +11,8 @@ download a model) never runs.
 from __future__ import annotations
 
 import math
+import os
+import struct
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,6 +73,59 @@ def _client(data_dir: Path, url: str | None):
             f"cannot open the Chroma store at {path} ({exc}). "
             "Check the folder is writable, or rebuild it with `bundle-assistant index`."
         ) from exc
+
+
+# The head of hnswlib's persisted header.bin (chroma-core/hnswlib ``persistHeader``): format
+# version, level-0 offset, capacity (max elements), live element count, bytes per element.
+_HNSW_HEAD = struct.Struct("<iQQQQ")
+_HNSW_VERSION = 1
+_ZEROS = bytes(1 << 20)
+
+
+def unused_capacity(chroma_dir: Path) -> list[tuple[Path, int]]:
+    """Each persisted HNSW file under ``chroma_dir`` written at full capacity, with the
+    offset where its unused slots (past the header's live element count) begin."""
+    found = []
+    for header in sorted(Path(chroma_dir).glob("*/header.bin")):
+        raw = header.read_bytes()
+        if len(raw) < _HNSW_HEAD.size:
+            continue
+        version, _, capacity, live, per_element = _HNSW_HEAD.unpack_from(raw)
+        if version != _HNSW_VERSION or live >= capacity or per_element <= 0:
+            continue
+        for name, width in (("data_level0.bin", per_element), ("length.bin", 4)):
+            path = header.parent / name
+            if path.is_file() and path.stat().st_size == capacity * width:
+                found.append((path, live * width))
+    return found
+
+
+def scrub_unused_capacity(chroma_dir: Path) -> list[Path]:
+    """Zero the unused slots of every persisted HNSW segment under ``chroma_dir``
+    (:func:`unused_capacity`); returns the files it changed.
+
+    hnswlib allocates its level-0 and vector-length buffers at full capacity without
+    zeroing them, and a segment's first persist writes that whole capacity
+    (chroma-core/chroma#7688), so heap bytes of the writing process — raw user ids read
+    from the source files among them — can land in the unused slots on disk. Every read is
+    bounded by the header's element count, so zeroing the slots past it changes nothing
+    Chroma sees. A header or file size this does not recognise is left alone.
+    """
+    changed = []
+    for path, offset in unused_capacity(chroma_dir):
+        _zero_from(path, offset)
+        changed.append(path)
+    return changed
+
+
+def _zero_from(path: Path, offset: int) -> None:
+    with path.open("r+b") as f:
+        size = f.seek(0, 2)
+        f.seek(offset)
+        while f.tell() < size:
+            f.write(_ZEROS[: min(len(_ZEROS), size - f.tell())])
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _clean_metadata(meta: dict[str, Any]) -> dict[str, Any]:

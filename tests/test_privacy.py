@@ -26,6 +26,7 @@ from assistant.service import BundleAssistant
 from retrieval.config import Settings
 from retrieval.index import Index
 from retrieval.sources import load_source
+from retrieval.store import scrub_unused_capacity, unused_capacity
 
 # user ids nobody could mistake for anything else
 RAW_IDS = ["hh-RAWID-0042-alice@example.com", "hh-RAWID-0043-bob", "hh-RAWID-0044-carol"]
@@ -109,6 +110,10 @@ def test_no_raw_user_id_is_stored_or_shown_to_the_model(shop, embedder, caplog):
     leaks = {name: raw for name, data in files.items() for raw in RAW_IDS + ["RAWID"]
              if raw.encode() in data}
     assert not leaks, f"raw user ids stored in: {leaks}"
+    # hnswlib persists its buffers at full capacity unzeroed (chroma-core/chroma#7688):
+    # the build zeroes the unused slots, and nothing after it writes them again
+    unused = unused_capacity(shop / "chroma")
+    assert unused and not [p.name for p, start in unused if any(p.read_bytes()[start:])]
     assert not [r.getMessage() for r in caplog.records if "RAWID" in r.getMessage()]
 
     # what is stored instead: pseudonyms, as Chroma ids and inside the profiles
@@ -119,6 +124,35 @@ def test_no_raw_user_id_is_stored_or_shown_to_the_model(shop, embedder, caplog):
         assert is_pseudonym(re.search(r'"user_key":"([^"]+)"', meta["profile_json"]).group(1))
     events = FeedbackStore(shop / "feedback.sqlite").events()
     assert set(events["user_pseudo"]) == set(keys)
+
+
+def _segment(folder: Path, version: int, capacity: int, live: int, per_element: int, fill: bytes) -> Path:
+    """A persisted HNSW segment as hnswlib writes it: header, level-0 data, vector lengths."""
+    import struct
+
+    folder.mkdir(parents=True)
+    (folder / "header.bin").write_bytes(struct.pack("<iQQQQ", version, 0, capacity, live, per_element) + bytes(60))
+    (folder / "data_level0.bin").write_bytes((fill * capacity * per_element)[: capacity * per_element])
+    (folder / "length.bin").write_bytes((fill * capacity * 4)[: capacity * 4])
+    return folder
+
+
+def test_unused_hnsw_capacity_is_zeroed_and_live_slots_and_unknown_files_are_kept(tmp_path):
+    heap = b"hh-RAWID-0042;"
+    seg = _segment(tmp_path / "a", 1, capacity=10, live=3, per_element=24, fill=heap)
+    full = _segment(tmp_path / "b", 1, capacity=4, live=4, per_element=24, fill=heap)  # no unused slot
+    other = _segment(tmp_path / "c", 2, capacity=10, live=3, per_element=24, fill=heap)  # a format we do not know
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*.bin")}
+    changed = scrub_unused_capacity(tmp_path)
+    assert sorted(p.name for p in changed) == ["data_level0.bin", "length.bin"]
+    level0, lengths = (seg / "data_level0.bin").read_bytes(), (seg / "length.bin").read_bytes()
+    assert level0[: 3 * 24] == before[seg / "data_level0.bin"][: 3 * 24] and not any(level0[3 * 24:])
+    assert lengths[:12] == before[seg / "length.bin"][:12] and not any(lengths[12:])
+    assert len(level0) == 240 and len(lengths) == 40  # zeroed, not truncated
+    for folder in (full, other):
+        assert all((folder / n).read_bytes() == before[folder / n] for n in ("data_level0.bin", "length.bin"))
+    assert scrub_unused_capacity(tmp_path) == changed and unused_capacity(tmp_path) == [
+        (seg / "data_level0.bin", 72), (seg / "length.bin", 12)]
 
 
 def test_forget_via_the_cli_deletes_that_users_feedback(shop, tmp_path):
