@@ -259,6 +259,58 @@ def test_select_disjoint_prefers_coherent_bundles_and_never_reuses_an_item() -> 
     assert [g.name for g in select_disjoint(pool, 1)] == ["b"]
 
 
+def _grid_case(llm: list[tuple[str, ...]], truth: tuple[tuple[str, ...], ...]):
+    """The kit case above (kit 1-5, parts 3-5 and 1-2) with the given LLM groups."""
+    from eval.llm_rule_grid import CaseGroups
+
+    cat = _catalogue_with_a_loner()
+    paths = {i: cat.at[i, "category"].split(" > ") for i in cat.index}
+    affinity = Affinity(lambda a, b: 0.0, paths)
+    items = ("1", "2", "3", "4", "5", "6")
+    kit = ("1", "2", "3", "4", "5")
+    rule = tuple(rule_groups(list(kit), affinity, cat, max_size=3))
+    groups = tuple(ItemGroup(item_ids=g, name="llm", source="llm", coherence=round(affinity.coherence(g), 6))
+                   for g in llm)
+    return CaseGroups("s", items, truth, kit, 3, rule, groups), affinity, cat
+
+
+def test_llm_rule_grid_rebuilds_the_rule_answer_then_drops_the_kit_or_nests_llm_groups_as_told() -> None:
+    from eval.llm_rule_grid import RULE, Combination, combine, relation
+
+    case, affinity, cat = _grid_case([("1", "2", "3")], (("1", "2", "3"), ("4", "5")))
+    shipped = bundle_items(_grouping_parts(cat, max_size=3), list(case.items), use_llm=False)
+    assert combine(case, RULE, affinity, cat) == [g.item_ids for g in shipped]
+    assert relation(case.kit, ("1", "2", "3")) == "inside"
+    assert [relation(("1", "2"), g) for g in (("2", "1"), ("1", "2", "3"), ("2", "3"), ("4", "5"))] == [
+        "equal", "around", "overlap", "apart"]
+    # the LLM reads the kit as smaller: the kit goes, the rule's parts stay
+    assert combine(case, Combination("rule", "LLM group inside", "none"), affinity, cat) == [
+        ("3", "4", "5"), ("1", "2")]
+    assert combine(case, Combination("rule", "LLM group overlaps", "none"), affinity, cat)[0] == case.kit
+    # nested: the LLM group after the rest, never twice
+    nested = combine(case, Combination("rule", "never", "inside the kit"), affinity, cat)
+    assert nested == [case.kit, ("3", "4", "5"), ("1", "2"), ("1", "2", "3")]
+    again, *_ = _grid_case([("1", "2")], case.truth)
+    assert combine(again, Combination("rule", "never", "all"), affinity, cat) == [case.kit, ("3", "4", "5"), ("1", "2")]
+
+
+def test_llm_rule_grid_scores_each_combination_against_rule_on_the_same_sessions() -> None:
+    from eval.llm_rule_grid import auc, grid
+
+    case, affinity, cat = _grid_case([("1", "2", "3")], (("1", "2", "3"), ("4", "5")))
+    rows = {r["combination"]: r for r in grid([case, case], [affinity, affinity], cat)}
+    rule = rows["pool rule; drop kit: never; nest: none"]
+    assert rule["precision"] == {"mean": 0.3333, "delta": 0.0, "p": 1.0}  # (1, 2) is a hit; the kit and (3, 4, 5) not
+    # dropping the kit and nesting the true (1, 2, 3) both lift precision; nesting lifts recall too
+    assert rows["pool rule; drop kit: LLM group inside; nest: none"]["precision"]["mean"] == 0.5
+    nest = rows["pool rule; drop kit: never; nest: all"]
+    assert nest["precision"]["mean"] == 0.5 and nest["recall"]["delta"] == 0.5
+    assert sum(r["shipped"] for r in rows.values()) == 1
+    assert auc([True, False, True], [0.9, 0.1, 0.8]) == 1.0
+    assert auc([True, False], [0.1, 0.9]) == 0.0
+    assert auc([True, False], [0.5, 0.5]) == 0.5
+
+
 def test_leaf_category_baseline_groups_items_sharing_a_leaf() -> None:
     groups = group_by_leaf_category(["1", "4", "3", "5", "2"], _catalogue())
     assert [(g.item_ids, g.name) for g in groups] == [(("4", "5"), "USB")]
