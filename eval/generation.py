@@ -109,10 +109,12 @@ def run_generation(split: Split, assistant, variants: Sequence[str], llm_cases: 
             "seconds": seconds}
 
 
-def _session_scores(pairs: list[tuple[list, tuple]]) -> dict[str, list[float]]:
+def session_scores(pairs: Sequence[tuple[Sequence, Sequence]]) -> dict[str, list[float]]:
+    """Per-session bundle and pair scores of ``(predicted, truth)`` sessions, in order."""
     sets = [M.session_bundle_scores(p, t) for p, t in pairs]
     pair = [M.session_pair_scores(p, t) for p, t in pairs]
     return {"precision": [x.precision for x in sets], "recall": [x.recall for x in sets],
+            "matched_recall": [x.matched_recall for x in sets],
             "pair_precision": [x.precision for x in pair], "pair_recall": [x.recall for x in pair],
             "pair_f1": [x.f1 for x in pair]}
 
@@ -132,7 +134,7 @@ def score_generation_block(predicted: dict, reports: dict, systems: list[str],
         pairs = [([g.item_ids for g in predicted[s][c.case_id]], c.bundles) for c in cases]
         agg = M.bundle_generation_metrics(pairs)
         pm = M.pair_metrics(pairs)
-        per_session[s] = _session_scores(pairs)
+        per_session[s] = session_scores(pairs)
         found = [M.bundles_found(p, t) for p, t in pairs]
         groups = [g for c in cases for g in predicted[s][c.case_id]]
         shown = [i for c in cases for g in predicted[s][c.case_id] for i in g.item_ids]

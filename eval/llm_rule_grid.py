@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from assistant import grouping as G
 
 from . import metrics as M
+from .generation import session_scores
 from .run import CachedLLM, build_eval_index, default_work_dir, load_split
 
 Relation = Literal["equal", "inside", "around", "overlap", "apart"]
@@ -124,26 +125,21 @@ def combine(case: CaseGroups, combo: Combination, affinity: G.Affinity,
     return answer
 
 
-def session_scores(answers: Sequence[Sequence[Sequence[str]]], cases: Sequence[CaseGroups]) -> dict[str, np.ndarray]:
-    sets = [M.session_bundle_scores(a, c.truth) for a, c in zip(answers, cases)]
-    pairs = [M.session_pair_scores(a, c.truth) for a, c in zip(answers, cases)]
-    return {"precision": np.array([s.precision for s in sets]), "recall": np.array([s.recall for s in sets]),
-            "matched_recall": np.array([s.matched_recall for s in sets]), "pair_f1": np.array([p.f1 for p in pairs])}
-
-
 def grid(cases: Sequence[CaseGroups], affinities: Sequence[G.Affinity], catalogue: pd.DataFrame) -> list[dict]:
     """Every combination's mean scores, and their difference from ``rule`` with the paired
     t-test's p; ``rule`` first."""
     combos = [RULE] + [Combination(p, d, n) for p, d, n in product(POOLS, DROP_WHEN, NEST)
                        if Combination(p, d, n) != RULE]
     answers = {c: [combine(case, c, a, catalogue) for case, a in zip(cases, affinities)] for c in combos}
-    ref = session_scores(answers[RULE], cases)
+    truth = [c.truth for c in cases]
+    ref = session_scores(list(zip(answers[RULE], truth)))
     rows = []
     for c in combos:
-        s = session_scores(answers[c], cases)
+        s = session_scores(list(zip(answers[c], truth)))
         rows.append({"combination": c.label, "shipped": c == SHIPPED,
-                     **{m: {"mean": round(float(s[m].mean()), 4), "delta": round(float(s[m].mean() - ref[m].mean()), 4),
-                            "p": round(M.paired_p_value(list(s[m]), list(ref[m])), 4)} for m in MEASURES}})
+                     **{m: {"mean": round(float(np.mean(s[m])), 4),
+                            "delta": round(float(np.mean(s[m]) - np.mean(ref[m])), 4),
+                            "p": round(M.paired_p_value(s[m], ref[m]), 4)} for m in MEASURES}})
     return rows
 
 
@@ -173,14 +169,10 @@ def kit_log_likelihood(llm: Any, messages: list[dict], name: str, numbers: Seque
 
 
 def auc(labels: Sequence[bool], scores: Sequence[float]) -> float:
-    """ROC AUC as the Mann–Whitney U over positives × negatives (ties count half)."""
-    from scipy.stats import mannwhitneyu
+    """ROC AUC (ties count half); NaN when only one class is present."""
+    from sklearn.metrics import roc_auc_score
 
-    y = np.asarray(labels, dtype=bool)
-    s = np.asarray(scores, dtype=float)
-    if y.all() or not y.any():
-        return float("nan")
-    return float(mannwhitneyu(s[y], s[~y]).statistic / (y.sum() * (~y).sum()))
+    return float(roc_auc_score(labels, scores)) if len(set(labels)) == 2 else float("nan")
 
 
 def kit_signals(cases: Sequence[CaseGroups], llm: Any, catalogue: pd.DataFrame, max_size: int,
